@@ -1,0 +1,1 @@
+"""The core: registries, method and protocol interfaces, trainer, results and leaderboards."""

@@ -1,0 +1,115 @@
+"""Command line: `robustbench-lite run | list | leaderboard`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import leaderboard
+from .backbones import BACKBONES
+from .config import parse_overrides
+from .data import DATASETS
+from .errors import UserError
+from .method import METHODS
+from .protocol import PROTOCOLS
+from .recipes import PRESET_DESCRIPTIONS
+from .runner import RunRequest, run
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustbench-lite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a method (or reuse it) and run a protocol")
+    p.add_argument("--method", required=True)
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", default=None, help="override the recipe's backbone")
+    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("RBL_DATA", "data")))
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="trained-model cache (default $RBL_CACHE or ~/.cache/robustbench-lite)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="method setting; prefix protocol. or recipe. for those (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("list", help="methods, protocols, datasets, backbones and presets")
+    p.add_argument("what", nargs="?", choices=["methods", "protocols", "datasets", "backbones",
+                                              "presets"])
+
+    p = sub.add_parser("leaderboard", help="regenerate leaderboard CSV and markdown from run files")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    req = RunRequest(args.method, args.protocol, args.dataset, args.preset, args.seed,
+                     args.data_root, args.results_dir, args.cache_dir or _default_cache(),
+                     parse_overrides(args.overrides), args.backbone, args.device,
+                     progress=not args.no_progress)
+    outcome = run(req)
+    rows = [[m.metric, " ".join(f"{k}={v}" for k, v in m.cell.items()), f"{m.value:.4f}", m.n]
+            for m in outcome.measurements]
+    print(tabulate(rows[:40], ["metric", "cell", "value", "n"], tablefmt="simple"))
+    if len(rows) > 40:
+        print(f"... {len(rows) - 40} more rows")
+    written = leaderboard.write(args.results_dir)
+    print(f"results: {outcome.csv_path}")
+    print(f"leaderboards: {len(written)} files under {args.results_dir / 'leaderboards'}")
+
+
+def _list(args: argparse.Namespace) -> None:
+    sections = {
+        "methods": {n: METHODS.get(n).description() for n in METHODS.names()},
+        "protocols": {n: PROTOCOLS.get(n).description() for n in PROTOCOLS.names()},
+        "datasets": {n: _first_line(DATASETS.get(n)) for n in DATASETS.names()},
+        "backbones": {n: _first_line(BACKBONES.get(n)) for n in BACKBONES.names()},
+        "presets": PRESET_DESCRIPTIONS,
+    }
+    for name, entries in sections.items():
+        if args.what in (None, name):
+            print(f"{name}:")
+            for key, text in entries.items():
+                print(f"  {key:<16} {text}")
+
+
+def _first_line(obj: object) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0]
+
+
+def _leaderboard(args: argparse.Namespace) -> None:
+    written = leaderboard.write(args.results_dir)
+    print(f"wrote {len(written)} leaderboard files under {args.results_dir / 'leaderboards'}")
+
+
+COMMANDS = {"run": _run, "list": _list, "leaderboard": _leaderboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"robustbench-lite: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustbench-lite: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The method adapter: a training method is one class whose defaults are plain ERM.
+
+A method overrides only what it changes: `build_model` (architecture), `train_transform` (the
+training batch), `training_step` (the losses; yield several dicts for several optimizer updates
+per batch). The trainer owns the loop, the optimizer and the schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import Backbone
+from .config import NoConfig
+from .registry import Registry
+
+Losses = dict[str, Tensor]
+
+
+@dataclass
+class Batch:
+    """A training batch on the model's device: images in [0, 1] and integer labels."""
+
+    x: Tensor
+    y: Tensor
+    views: tuple[Tensor, ...] = ()
+
+
+@dataclass
+class StepContext:
+    """Where training stands, and the only random generator a method may draw from."""
+
+    step: int
+    epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    num_classes: int
+    rng: torch.Generator
+    device: torch.device
+    log: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Empirical risk minimisation: cross-entropy on the (cropped, flipped) training batch."""
+
+    Config: ClassVar[type] = NoConfig
+    citation: ClassVar[str] = "Vapnik, The Nature of Statistical Learning Theory (1995)"
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def build_model(self, backbone: Backbone) -> nn.Module:
+        """The network to train; `model(x)` must map [0, 1] images to logits."""
+        return backbone
+
+    def train_transform(self, batch: Batch, ctx: StepContext) -> Batch:
+        """The training batch after method-specific augmentation (none by default)."""
+        return batch
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext
+                      ) -> Losses | Iterator[Losses]:
+        """Named losses for one optimizer update, or a generator yielding one dict per update."""
+        return {"ce": F.cross_entropy(model(batch.x), batch.y)}
+
+    @classmethod
+    def description(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def as_updates(result: Losses | Iterator[Losses]) -> Iterator[Losses]:
+    """One loss dict per optimizer update."""
+    if isinstance(result, dict):
+        yield result
+    else:
+        yield from result
+
+
+def _check_method(obj: object) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        raise TypeError(f"{obj!r} is not a subclass of robustbench_lite.bench.method.Method")
+    if not dataclasses.is_dataclass(obj.Config):
+        raise TypeError(f"{obj.__name__}.Config must be a dataclass")
+    if not (obj.__doc__ or "").strip():
+        raise TypeError(f"{obj.__name__} needs a docstring (its first line is the description)")
+
+
+METHODS: Registry[type[Method]] = Registry(
+    "method", builtins="robustbench_lite.methods", group="robustbench_lite.methods",
+    check=_check_method)

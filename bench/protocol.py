@@ -1,0 +1,104 @@
+"""The protocol runner interface: a protocol trains (through the cache) and measures.
+
+A protocol turns a `RunContext` into `Measurement`s (metric, value, cell keys) and declares the
+leaderboard `Column`s derived from them. It never writes files: the runner does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .config import NoConfig
+from .data import ImageDataset, Split
+from .method import Method
+from .recipes import Recipe
+from .registry import Registry
+from .train import TrainJob, trained_model
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One number: `metric` of a cell (e.g. corruption=fog, severity=3), a fraction where applicable."""
+
+    metric: str
+    value: float
+    n: int = 0  # examples behind the value; 0 for aggregates
+    cell: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A leaderboard column: the value of `metric` in the rows matching `where`."""
+
+    label: str
+    metric: str
+    where: dict[str, Any] = field(default_factory=dict)
+    higher_is_better: bool = True
+    percent: bool = True
+
+
+@dataclass
+class RunContext:
+    """Everything a protocol needs to train the method and evaluate it."""
+
+    method: Method
+    method_name: str
+    dataset: ImageDataset
+    recipe: Recipe
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    data_root: Path
+    results_dir: Path
+    progress: bool = True
+
+    def train(self, split: Split | None = None, recipe: Recipe | None = None,
+              **backbone_kwargs) -> nn.Module:
+        """The method trained on `split` (default: the training split), from the cache if present."""
+        job = TrainJob(self.method, self.method_name, self.dataset, recipe or self.recipe,
+                       self.seed, split, backbone_kwargs or None)
+        return trained_model(job, self.device, self.cache_dir, self.progress)
+
+
+class Protocol:
+    """Base class; subclasses set `Config`, `columns` and implement `run`."""
+
+    Config: ClassVar[type] = NoConfig
+    columns: ClassVar[tuple[Column, ...]] = ()
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def run(self, ctx: RunContext) -> list[Measurement]:
+        raise NotImplementedError
+
+    def leaderboard_columns(self, rows: pd.DataFrame) -> list[Column]:
+        """Columns of the leaderboard for these result rows (default: the static `columns`)."""
+        return list(self.columns)
+
+    def notes(self, rows: pd.DataFrame) -> list[str]:
+        """Footnotes under the leaderboard (e.g. failed sanity checks); none by default."""
+        return []
+
+    @classmethod
+    def description(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def _check_protocol(obj: object) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Protocol)):
+        raise TypeError(f"{obj!r} is not a subclass of robustbench_lite.bench.protocol.Protocol")
+    if not dataclasses.is_dataclass(obj.Config) or not (obj.__doc__ or "").strip():
+        raise TypeError(f"{obj.__name__} needs a dataclass Config and a docstring")
+
+
+PROTOCOLS: Registry[type[Protocol]] = Registry(
+    "protocol", builtins="robustbench_lite.protocols", group="robustbench_lite.protocols",
+    check=_check_protocol)

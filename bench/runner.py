@@ -1,0 +1,86 @@
+"""Run one (method, protocol, dataset, preset, seed): build, train through the cache, measure, record."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .config import apply_overrides, config_dict, stable_hash
+from .data import load_dataset
+from .method import METHODS
+from .protocol import PROTOCOLS, Measurement, RunContext
+from .recipes import recipe_for
+from .results import RunInfo, write_run
+from .train import pick_device
+
+
+@dataclass
+class RunRequest:
+    """A run as asked for on the command line."""
+
+    method: str
+    protocol: str
+    dataset: str = "digits"
+    preset: str = "default"
+    seed: int = 0
+    data_root: Path = Path("data")
+    results_dir: Path = Path("results")
+    cache_dir: Path = Path(".cache/robustbench-lite")
+    overrides: dict[str, str] = field(default_factory=dict)
+    backbone: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunOutcome:
+    info: RunInfo
+    measurements: list[Measurement]
+    csv_path: Path
+
+
+def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
+    """Split `--set` pairs into (method, protocol, recipe) overrides by their prefix."""
+    groups: dict[str, dict[str, str]] = {"method": {}, "protocol": {}, "recipe": {}}
+    for key, value in overrides.items():
+        scope, dot, rest = key.partition(".")
+        if dot and scope in ("protocol", "recipe"):
+            groups[scope][rest] = value
+        else:
+            groups["method"][key] = value
+    return groups["method"], groups["protocol"], groups["recipe"]
+
+
+def run(req: RunRequest) -> RunOutcome:
+    """Train (or reuse) the method, run the protocol, write the run's results."""
+    method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
+    method_set, protocol_set, recipe_set = split_overrides(req.overrides)
+    method = method_cls(apply_overrides(method_cls.Config(), method_set, f"method {req.method}"))
+    protocol = protocol_cls(apply_overrides(protocol_cls.Config(), protocol_set,
+                                            f"protocol {req.protocol}"))
+    recipe = recipe_for(req.preset, req.dataset)
+    if req.backbone:
+        recipe = replace(recipe, backbone=req.backbone)
+    recipe = apply_overrides(recipe, recipe_set, "the recipe")
+    from .backbones import BACKBONES
+    BACKBONES.get(recipe.backbone)
+    dataset = load_dataset(req.dataset, req.data_root)
+    ctx = RunContext(method, req.method, dataset, recipe, req.seed, pick_device(req.device),
+                     Path(req.cache_dir), Path(req.data_root), Path(req.results_dir), req.progress)
+    started = time.time()
+    measurements = protocol.run(ctx)
+    method_config = json.dumps(config_dict(method.config), sort_keys=True)
+    config_hash = stable_hash({"method": config_dict(method.config),
+                               "protocol": config_dict(protocol.config), "recipe": asdict(recipe)},
+                              length=8)
+    info = RunInfo(req.method, req.protocol, req.dataset, recipe.backbone, req.preset, req.seed,
+                   config_hash, method_config)
+    provenance = {"method_config": config_dict(method.config), "protocol_config":
+                  config_dict(protocol.config), "recipe": asdict(recipe), "seed": req.seed,
+                  "method_source": METHODS.source(req.method), "device": str(ctx.device),
+                  "seconds": round(time.time() - started, 1), "command": sys.argv}
+    csv_path = write_run(Path(req.results_dir), info, measurements, provenance)
+    return RunOutcome(info, measurements, csv_path)

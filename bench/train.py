@@ -1,0 +1,226 @@
+"""The one training loop, with a checkpoint cache and resumable epochs.
+
+A trained model is cached under a hash of (method and config, training data, recipe, seed), so every
+protocol reuses it. During training an epoch checkpoint (model, optimizer, generator states) is
+written atomically; a killed run resumes from it and ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .backbones import build_backbone
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import config_dict, stable_hash
+from .data import ImageDataset, Split
+from .errors import DivergedError
+from .method import Batch, Method, StepContext, as_updates
+from .recipes import Recipe
+from .seeding import generator, seed_everything
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+@dataclass
+class TrainJob:
+    """What to train: a method on a training split, with a recipe and a seed."""
+
+    method: Method
+    method_name: str
+    dataset: ImageDataset
+    recipe: Recipe
+    seed: int
+    train: Split | None = None  # defaults to dataset.train
+    backbone_kwargs: dict | None = None
+
+    @property
+    def train_split(self) -> Split:
+        return self.train if self.train is not None else self.dataset.train
+
+    def key(self) -> str:
+        split = self.train_split
+        return stable_hash({
+            "format": CACHE_FORMAT, "method": self.method_name,
+            "config": config_dict(self.method.config), "dataset": self.dataset.name,
+            "data": _fingerprint(split), "recipe": asdict(self.recipe), "seed": self.seed,
+            "backbone_kwargs": self.backbone_kwargs or {}})
+
+    def build_model(self) -> nn.Module:
+        seed_everything(self.seed)
+        ds = self.dataset
+        backbone = build_backbone(self.recipe.backbone, ds.num_classes, ds.mean, ds.std,
+                                  **(self.backbone_kwargs or {}))
+        return self.method.build_model(backbone)
+
+
+def _fingerprint(split: Split) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(split.x.numpy().tobytes())
+    digest.update(split.y.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
+                  progress: bool = True) -> nn.Module:
+    """The trained model for `job`, from the cache when present, else trained (resuming) and cached."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{job.method_name}-{job.dataset.name}-s{job.seed}-{job.key()}"
+    final, partial = cache_dir / f"{stem}.pt", cache_dir / f"{stem}.partial.pt"
+    model = job.build_model().to(device)
+    if final.exists():
+        model.load_state_dict(load_checkpoint(final, device)["model"])
+        log.info("reusing trained model %s", final)
+        return model.eval()
+    Trainer(job, model, device, progress).fit(partial)
+    save_checkpoint(final, {"model": model.state_dict()})
+    partial.unlink(missing_ok=True)
+    return model.eval()
+
+
+class Trainer:
+    """SGD with a per-step schedule over the method's training steps."""
+
+    def __init__(self, job: TrainJob, model: nn.Module, device: torch.device,
+                 progress: bool = True) -> None:
+        self.job, self.model, self.device, self.progress = job, model, device, progress
+        recipe = job.recipe
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                         nesterov=recipe.nesterov and recipe.momentum > 0,
+                                         weight_decay=recipe.weight_decay)
+        self.data_rng = generator(job.seed, "data")
+        self.method_rng = generator(job.seed, "method")
+        split = self._training_split()
+        self.x, self.y = split.x.to(device), split.y.to(device)
+        self.batch_size = min(recipe.batch_size, len(split))
+        self.steps_per_epoch = len(split) // self.batch_size
+        self.total_steps = self.steps_per_epoch * recipe.epochs
+        self.use_amp = recipe.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+
+    def _training_split(self) -> Split:
+        split = self.job.train_split
+        limit = self.job.recipe.train_limit
+        if limit and limit < len(split):
+            order = torch.randperm(len(split), generator=generator(self.job.seed, "subset"))
+            split = split.subset(order[:limit])
+        return split
+
+    def fit(self, checkpoint: Path) -> None:
+        start = self._resume(checkpoint)
+        epochs = range(start, self.job.recipe.epochs)
+        bar = tqdm(total=self.total_steps, initial=start * self.steps_per_epoch, disable=not self.progress,
+                   desc=f"train {self.job.method_name}", unit="step", leave=False)
+        for epoch in epochs:
+            self._epoch(epoch, bar)
+            self._save(checkpoint, epoch + 1)
+        bar.close()
+
+    def _epoch(self, epoch: int, bar) -> None:
+        order = torch.randperm(len(self.x), generator=self.data_rng).to(self.device)
+        for i in range(self.steps_per_epoch):
+            step = epoch * self.steps_per_epoch + i
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            ctx = StepContext(step, epoch, self.steps_per_epoch, self.total_steps,
+                              self.job.dataset.num_classes, self.method_rng, self.device)
+            losses = self._step(self._batch(index), ctx)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+
+    def _batch(self, index: Tensor) -> Batch:
+        x = augment(self.x[index], self.job.recipe, self.data_rng)
+        x = x.float().div_(255)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, self.y[index])
+
+    def _step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.job.recipe, ctx.step, self.steps_per_epoch)
+        method, logged = self.job.method, {}
+        self.model.train()
+        with self._autocast():
+            batch = method.train_transform(batch, ctx)
+            for losses in as_updates(method.training_step(self.model, batch, ctx)):
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    raise DivergedError(
+                        f"method {self.job.method_name!r} diverged at epoch {ctx.epoch + 1}, step "
+                        f"{ctx.step + 1} (loss {total.item()}); lower the learning rate "
+                        f"(--set recipe.lr=...) or check the method's settings")
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                logged.update({k: v.item() for k, v in losses.items()})
+        return logged
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _save(self, path: Path, epochs_done: int) -> None:
+        save_checkpoint(path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epochs_done": epochs_done, "data_rng": self.data_rng.get_state(),
+            "method_rng": self.method_rng.get_state(), "key": self.job.key()})
+
+    def _resume(self, path: Path) -> int:
+        if not path.exists():
+            return 0
+        state = load_checkpoint(path, self.device)
+        if state.get("key") != self.job.key():
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_rng.set_state(state["data_rng"].cpu())
+        self.method_rng.set_state(state["method_rng"].cpu())
+        log.info("resuming %s after epoch %d", path.name, state["epochs_done"])
+        return int(state["epochs_done"])
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: cosine to zero, multistep decay, or constant."""
+    if recipe.schedule == "cosine":
+        total = max(1, recipe.epochs * steps_per_epoch)
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if recipe.schedule == "multistep":
+        epoch = step // max(1, steps_per_epoch)
+        return recipe.lr * recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    return recipe.lr
+
+
+def augment(x: Tensor, recipe: Recipe, rng: torch.Generator) -> Tensor:
+    """Random crop after zero padding and random horizontal flip, batched, drawn from `rng`."""
+    n, _, h, w = x.shape
+    pad = recipe.crop_padding
+    if pad:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=rng).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=rng).to(x.device)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    if recipe.flip:
+        flip = (torch.rand(n, generator=rng) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(flip, x.flip(3), x)
+    return x

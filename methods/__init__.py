@@ -1,0 +1,3 @@
+"""Built-in methods; importing this package registers them (explicit imports, one per method)."""
+
+from . import erm  # noqa: F401

@@ -1,0 +1,3 @@
+"""Built-in protocols; importing this package registers them (explicit imports, one per protocol)."""
+
+from . import clean  # noqa: F401
