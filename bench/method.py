@@ -68,6 +68,11 @@ class Method:
         """Named losses for one optimizer update, or a generator yielding one dict per update."""
         return {"ce": F.cross_entropy(model(batch.x), batch.y)}
 
+    def adaptive_attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
+        """Per-sample loss an adaptive attacker should maximise, when the method's model has one
+        beyond the final logits (e.g. CIFS's joint loss over its probes); None otherwise."""
+        return None
+
     @classmethod
     def description(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0]
