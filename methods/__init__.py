@@ -2,3 +2,4 @@
 
 from . import erm  # noqa: F401
 from . import pushpull  # noqa: F401
+from . import tenet  # noqa: F401

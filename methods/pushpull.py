@@ -1,4 +1,4 @@
-"""Push-pull inhibition: the first convolution answers to a pattern but is inhibited by its opposite.
+"""Push-pull inhibition: a convolution that answers to a pattern and is inhibited by its opposite.
 
 Strisciuglio, Lopez-Antequera, Petkov, "Enhanced robustness of convolutional networks with a
 push-pull inhibition layer", Neural Computing and Applications 32 (2020).
@@ -43,7 +43,8 @@ class PushPullConv2d(nn.Module):
             raise UserError("push-pull needs odd kernel sizes and integer padding; "
                             f"got kernel {kernel_size}, padding {padding!r}")
         if scale < 1:
-            raise UserError(f"push-pull scale must be >= 1 (the pull kernel is an upsampling), got {scale}")
+            raise UserError(f"push-pull scale must be >= 1 (the pull kernel is the push kernel "
+                            f"upsampled), got {scale}")
         self.push = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                               groups, bias)
         self.scale = scale
@@ -61,8 +62,8 @@ class PushPullConv2d(nn.Module):
         """A push-pull layer with `conv`'s geometry whose push kernel starts as `conv`'s weights."""
         if conv.padding_mode != "zeros":
             raise UserError(f"push-pull supports zero padding only, not {conv.padding_mode!r}")
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, **options)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None, **options)
         layer.push.load_state_dict(conv.state_dict())
         return layer.to(conv.weight.device)
 
@@ -70,15 +71,16 @@ class PushPullConv2d(nn.Module):
         """The pull kernel: the negated, resized push kernel (differentiable in the push kernel)."""
         weight = self.push.weight
         if self.pull_shape != tuple(weight.shape[-2:]):
-            weight = F.interpolate(weight, size=self.pull_shape, mode="bilinear", align_corners=True)
+            weight = F.interpolate(weight, size=self.pull_shape, mode="bilinear",
+                                   align_corners=True)
         return -weight
 
     def forward(self, x: Tensor) -> Tensor:
         push = self.push
         excitation = torch.relu(push(x))
         bias = None if push.bias is None else -push.bias
-        inhibition = torch.relu(F.conv2d(x, self.pull_weight(), bias, push.stride, self.pull_padding,
-                                         push.dilation, push.groups))
+        inhibition = torch.relu(F.conv2d(x, self.pull_weight(), bias, push.stride,
+                                         self.pull_padding, push.dilation, push.groups))
         alpha = torch.relu(self.alpha).view(-1, 1, 1) if self.alpha.dim() else self.alpha
         return excitation - alpha * inhibition
 

@@ -12,8 +12,8 @@ from robustbench_lite.bench.errors import UserError
 from robustbench_lite.methods.pushpull import PushPull, PushPullConv2d, pull_size
 
 
-@pytest.mark.parametrize("kernel, scale, size", [(3, 2.0, 7), (3, 1.5, 5), (7, 2.0, 15), (3, 1.0, 3),
-                                                 (5, 1.0, 5)])
+@pytest.mark.parametrize("kernel, scale, size",
+                         [(3, 2.0, 7), (3, 1.5, 5), (7, 2.0, 15), (3, 1.0, 3), (5, 1.0, 5)])
 def test_pull_kernel_is_the_negated_resized_push_kernel(kernel, scale, size):
     torch.manual_seed(0)
     layer = PushPullConv2d(3, 4, kernel, padding=kernel // 2, scale=scale)
@@ -24,8 +24,8 @@ def test_pull_kernel_is_the_negated_resized_push_kernel(kernel, scale, size):
         assert torch.equal(layer.pull_weight(), -layer.push.weight)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, kernel", [(1, 1, 1, 3), (2, 1, 1, 3), (2, 3, 1, 7),
-                                                               (1, 2, 2, 3), (2, 0, 1, 3)])
+@pytest.mark.parametrize("stride, padding, dilation, kernel",
+                         [(1, 1, 1, 3), (2, 1, 1, 3), (2, 3, 1, 7), (1, 2, 2, 3), (2, 0, 1, 3)])
 @pytest.mark.parametrize("side", [15, 16])
 def test_output_size_equals_the_replaced_convolution(stride, padding, dilation, kernel, side):
     conv = nn.Conv2d(3, 8, kernel, stride, padding, dilation, bias=False)
@@ -104,7 +104,8 @@ def test_method_replaces_only_the_first_convolution(name):
     layer = model.get_submodule(backbone.first_conv)
     assert torch.equal(layer.push.weight, original)
     assert layer.pull_shape == (5, 5) and float(layer.alpha) == 0.5
-    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs_before  # push conv inside
+    # the replaced convolution is gone, the push convolution took its place
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs_before
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
 
 
