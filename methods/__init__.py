@@ -3,3 +3,7 @@
 from . import erm  # noqa: F401
 from . import pushpull  # noqa: F401
 from . import tenet  # noqa: F401
+from . import mixup  # noqa: F401
+from . import cutmix  # noqa: F401
+from . import manifold_mixup  # noqa: F401
+from . import catchup  # noqa: F401
