@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from filelock import FileLock
 from tabulate import tabulate
 
 from . import leaderboard
@@ -59,21 +60,22 @@ def _run(args: argparse.Namespace) -> None:
                      args.data_root, args.results_dir, args.cache_dir or _default_cache(),
                      parse_overrides(args.overrides), args.backbone, args.device,
                      progress=not args.no_progress)
-    outcome = run(req)
+    outcome = run(req, lock=_results_lock(args.results_dir))
     rows = [[m.metric, " ".join(f"{k}={v}" for k, v in m.cell.items()), f"{m.value:.4f}", m.n]
             for m in outcome.measurements]
     print(tabulate(rows[:40], ["metric", "cell", "value", "n"], tablefmt="simple"))
     if len(rows) > 40:
         print(f"... {len(rows) - 40} more rows")
-    written = leaderboard.write(args.results_dir)
+    with _results_lock(args.results_dir):
+        written = leaderboard.write(args.results_dir)
     print(f"results: {outcome.csv_path}")
     print(f"leaderboards: {len(written)} files under {args.results_dir / 'leaderboards'}")
 
 
 def _list(args: argparse.Namespace) -> None:
     sections = {
-        "methods": {n: METHODS.get(n).description() for n in METHODS.names()},
-        "protocols": {n: PROTOCOLS.get(n).description() for n in PROTOCOLS.names()},
+        "methods": {n: _describe(METHODS, n) for n in METHODS.names()},
+        "protocols": {n: _describe(PROTOCOLS, n) for n in PROTOCOLS.names()},
         "datasets": {n: _first_line(DATASETS.get(n)) for n in DATASETS.names()},
         "backbones": {n: _first_line(BACKBONES.get(n)) for n in BACKBONES.names()},
         "presets": PRESET_DESCRIPTIONS,
@@ -85,12 +87,30 @@ def _list(args: argparse.Namespace) -> None:
                 print(f"  {key:<16} {text}")
 
 
+def _describe(registry, name: str) -> str:
+    """A built-in's description; a plugin's origin (plugins are imported only when run)."""
+    if registry.is_loaded(name):
+        return registry.get(name).description()
+    return f"plugin from {registry.plugin_origin(name)}"
+
+
 def _first_line(obj: object) -> str:
     return (obj.__doc__ or "").strip().splitlines()[0]
 
 
+def _results_lock(results_dir: Path) -> FileLock:
+    """Serialises writers of one results folder (run files and derived leaderboards)."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create results folder {results_dir} ({err.strerror}); "
+                        f"pass a writable --results-dir") from None
+    return FileLock(str(results_dir / ".lock"))
+
+
 def _leaderboard(args: argparse.Namespace) -> None:
-    written = leaderboard.write(args.results_dir)
+    with _results_lock(args.results_dir):
+        written = leaderboard.write(args.results_dir)
     print(f"wrote {len(written)} leaderboard files under {args.results_dir / 'leaderboards'}")
 
 

@@ -78,6 +78,18 @@ class Registry(Generic[T]):
         self._load_builtins()
         return sorted(set(self._entries) | set(self._plugin_names()))
 
+    def is_loaded(self, name: str) -> bool:
+        self._load_builtins()
+        return name in self._entries
+
+    def plugin_origin(self, name: str) -> str:
+        """'dist==version (module:object)' of a plugin, without importing it."""
+        plugin = self._plugin(name)
+        if plugin is None:
+            raise UserError(self._unknown(name))
+        dist = getattr(plugin, "dist", None)
+        return f"{dist.name}=={dist.version} ({plugin.value})" if dist else plugin.value
+
     def source(self, name: str) -> str:
         self.get(name)
         return self._sources[name]

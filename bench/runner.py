@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -54,8 +55,8 @@ def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
     return groups["method"], groups["protocol"], groups["recipe"]
 
 
-def run(req: RunRequest) -> RunOutcome:
-    """Train (or reuse) the method, run the protocol, write the run's results."""
+def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) -> RunOutcome:
+    """Train (or reuse) the method, run the protocol, write the run's results (under `lock`)."""
     method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
     method_set, protocol_set, recipe_set = split_overrides(req.overrides)
     method = method_cls(apply_overrides(method_cls.Config(), method_set, f"method {req.method}"))
@@ -82,5 +83,6 @@ def run(req: RunRequest) -> RunOutcome:
                   config_dict(protocol.config), "recipe": asdict(recipe), "seed": req.seed,
                   "method_source": METHODS.source(req.method), "device": str(ctx.device),
                   "seconds": round(time.time() - started, 1), "command": sys.argv}
-    csv_path = write_run(Path(req.results_dir), info, measurements, provenance)
+    with lock or contextlib.nullcontext():
+        csv_path = write_run(Path(req.results_dir), info, measurements, provenance)
     return RunOutcome(info, measurements, csv_path)

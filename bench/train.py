@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -21,7 +22,7 @@ from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_dict, stable_hash
 from .data import ImageDataset, Split
-from .errors import DivergedError
+from .errors import DivergedError, UserError
 from .method import Batch, Method, StepContext, as_updates
 from .recipes import Recipe
 from .seeding import generator, seed_everything
@@ -80,18 +81,32 @@ def pick_device(name: str | None = None) -> torch.device:
 def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
                   progress: bool = True) -> nn.Module:
     """The trained model for `job`, from the cache when present, else trained (resuming) and cached."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the model cache {cache_dir} ({err.strerror}); "
+                        f"pass a writable --cache-dir") from None
     stem = f"{job.method_name}-{job.dataset.name}-s{job.seed}-{job.key()}"
     final, partial = cache_dir / f"{stem}.pt", cache_dir / f"{stem}.partial.pt"
     model = job.build_model().to(device)
-    if final.exists():
-        model.load_state_dict(load_checkpoint(final, device)["model"])
-        log.info("reusing trained model %s", final)
-        return model.eval()
-    Trainer(job, model, device, progress).fit(partial)
-    save_checkpoint(final, {"model": model.state_dict()})
-    partial.unlink(missing_ok=True)
+    with FileLock(str(cache_dir / f"{stem}.lock")):  # one process trains, the others wait and reuse
+        if final.exists():
+            load_weights(model, final, device)
+            log.info("reusing trained model %s", final)
+            return model.eval()
+        Trainer(job, model, device, progress).fit(partial)
+        save_checkpoint(final, {"model": model.state_dict()})
+        partial.unlink(missing_ok=True)
     return model.eval()
+
+
+def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
+    """Load cached weights; weights of another architecture are a clear error."""
+    try:
+        model.load_state_dict(load_checkpoint(path, device)["model"])
+    except RuntimeError:
+        raise UserError(f"checkpoint {path} does not fit this model (foreign or stale file); "
+                        f"delete it and re-run to retrain") from None
 
 
 class Trainer:
@@ -188,7 +203,10 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         if state.get("key") != self.job.key():
             return 0
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"checkpoint {path} does not fit this model; delete it and re-run") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.data_rng.set_state(state["data_rng"].cpu())
         self.method_rng.set_state(state["method_rng"].cpu())
@@ -197,26 +215,36 @@ class Trainer:
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
-    """The learning rate at a global step: cosine to zero, multistep decay, or constant."""
+    """The learning rate at a global step: cosine to zero, multistep or step decay, or constant."""
     if recipe.schedule == "cosine":
         total = max(1, recipe.epochs * steps_per_epoch)
         return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
     if recipe.schedule == "multistep":
         epoch = step // max(1, steps_per_epoch)
         return recipe.lr * recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    if recipe.schedule == "step":
+        if recipe.step_every < 1:
+            raise UserError("the 'step' schedule needs a period in epochs; "
+                            "pass --set recipe.step_every=N (N >= 1)")
+        return recipe.lr * recipe.gamma ** (step // max(1, steps_per_epoch) // recipe.step_every)
     return recipe.lr
 
 
 def augment(x: Tensor, recipe: Recipe, rng: torch.Generator) -> Tensor:
-    """Random crop after zero padding and random horizontal flip, batched, drawn from `rng`."""
+    """Random crop (after zero padding; of `crop_size` when set) and random horizontal flip,
+    batched, drawn from `rng`."""
     n, _, h, w = x.shape
     pad = recipe.crop_padding
-    if pad:
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=rng).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=rng).to(x.device)
+    out_h, out_w = (recipe.crop_size, recipe.crop_size) if recipe.crop_size else (h, w)
+    if out_h > h or out_w > w:
+        raise UserError(f"recipe.crop_size {out_h} exceeds the {h}x{w} training images; pass "
+                        f"--set recipe.crop_size=N with N <= {min(h, w)} (0 = the image size)")
+    if pad or (out_h, out_w) != (h, w):
+        dy = torch.randint(0, h + 2 * pad - out_h + 1, (n,), generator=rng).to(x.device)
+        dx = torch.randint(0, w + 2 * pad - out_w + 1, (n,), generator=rng).to(x.device)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        rows = (dy[:, None] + torch.arange(out_h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(out_w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]

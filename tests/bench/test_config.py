@@ -1,0 +1,56 @@
+"""`--set` overrides are parsed against the typed Config dataclasses."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from robustbench_lite.bench.config import apply_overrides, parse_overrides, stable_hash
+from robustbench_lite.bench.errors import UserError
+from robustbench_lite.bench.runner import split_overrides
+
+
+@dataclass(frozen=True)
+class Cfg:
+    alpha: float = 1.0
+    steps: int = 10
+    taps: tuple[str, ...] = ("input",)
+    flag: bool = False
+    name: str = "x"
+    limit: int | None = None
+
+
+def test_values_are_converted_to_field_types():
+    cfg = apply_overrides(Cfg(), parse_overrides(
+        ["alpha=0.4", "steps=20", "taps=input,stage1", "flag=true", "name=y", "limit=none"]), "m")
+    assert cfg == Cfg(alpha=0.4, steps=20, taps=("input", "stage1"), flag=True, name="y", limit=None)
+
+
+def test_fractions_are_accepted_for_floats():
+    assert apply_overrides(Cfg(), {"alpha": "8/255"}, "m").alpha == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("pair, fragment", [
+    ({"beta": "1"}, "has no setting 'beta'"),
+    ({"steps": "2.5"}, "expected a value of type int"),
+    ({"steps": "ten"}, "expected a value of type int"),
+    ({"flag": "maybe"}, "expected true or false"),
+])
+def test_bad_overrides_are_one_line_errors(pair, fragment):
+    with pytest.raises(UserError, match=fragment) as err:
+        apply_overrides(Cfg(), pair, "method m")
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_pair_is_an_error():
+    with pytest.raises(UserError, match="key=value"):
+        parse_overrides(["alpha"])
+
+
+def test_prefixes_route_overrides():
+    method, protocol, recipe = split_overrides({"alpha": "1", "protocol.n": "2", "recipe.lr": "3"})
+    assert method == {"alpha": "1"} and protocol == {"n": "2"} and recipe == {"lr": "3"}
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
