@@ -7,3 +7,5 @@ from . import mixup  # noqa: F401
 from . import cutmix  # noqa: F401
 from . import manifold_mixup  # noqa: F401
 from . import catchup  # noqa: F401
+from . import cifs  # noqa: F401
+from . import augmix  # noqa: F401
