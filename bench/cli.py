@@ -11,7 +11,7 @@ from pathlib import Path
 from filelock import FileLock
 from tabulate import tabulate
 
-from . import leaderboard
+from . import leaderboard, suite
 from .backbones import BACKBONES
 from .config import parse_overrides
 from .data import DATASETS
@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="regenerate leaderboard CSV and markdown from run files")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--readme", type=Path, default=Path("README.md"),
+                   help="README whose tables between the leaderboard markers are regenerated")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a committed leaderboard differs from a regeneration")
+
+    p = sub.add_parser("check", help="re-run the ci suite and compare with the golden numbers")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--update", action="store_true", help="make the new numbers the golden ones")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -108,27 +117,57 @@ def _results_lock(results_dir: Path) -> FileLock:
     return FileLock(str(results_dir / ".lock"))
 
 
-def _leaderboard(args: argparse.Namespace) -> None:
+def _leaderboard(args: argparse.Namespace) -> int:
+    if args.check:
+        changed = leaderboard.stale(args.results_dir, args.readme)
+        for path in changed:
+            print(f"stale: {path}")
+        if changed:
+            print("leaderboards are stale; run `robustbench-lite leaderboard` and commit the result")
+            return 1
+        print("leaderboards are up to date")
+        return 0
     with _results_lock(args.results_dir):
-        written = leaderboard.write(args.results_dir)
+        written = leaderboard.write(args.results_dir, args.readme)
     print(f"wrote {len(written)} leaderboard files under {args.results_dir / 'leaderboards'}")
+    return 0
 
 
-COMMANDS = {"run": _run, "list": _list, "leaderboard": _leaderboard}
+def _check(args: argparse.Namespace) -> int:
+    if args.update:
+        count = suite.update(args.results_dir, progress=not args.no_progress)
+        with _results_lock(args.results_dir):
+            leaderboard.write(args.results_dir, Path("README.md"))
+        print(f"golden numbers updated: {count} runs under {args.results_dir / 'runs'}")
+        return 0
+    if suite.golden_rows(args.results_dir).empty:
+        raise UserError(f"no golden numbers under {args.results_dir / 'runs'}; "
+                        f"create them with `robustbench-lite check --update`")
+    mismatches = suite.check(args.results_dir, progress=not args.no_progress)
+    for m in mismatches:
+        print(m.line())
+    if mismatches:
+        print(f"{len(mismatches)} numbers drifted from the golden ones "
+              f"(method / protocol / metric / cell / expected / got)")
+        return 1
+    print("all ci-suite numbers match the golden ones")
+    return 0
+
+
+COMMANDS = {"run": _run, "list": _list, "leaderboard": _leaderboard, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except UserError as err:
         print(f"robustbench-lite: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustbench-lite: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

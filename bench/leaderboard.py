@@ -94,6 +94,39 @@ def build(results_dir: Path) -> dict[Path, str]:
     return files
 
 
+BEGIN, END = "<!-- leaderboards:begin -->", "<!-- leaderboards:end -->"
+
+
+def readme_section(files: dict[Path, str]) -> str:
+    """The README's leaderboard section: every table except the smoke-preset (CI) ones."""
+    tables = [text.replace("\n## ", "\n### ").replace("## ", "### ", 1)
+              for path, text in sorted(files.items())
+              if path.suffix == ".md" and path.name != "README.md" and "-smoke." not in path.name]
+    body = "\n".join(tables) if tables else "No runs yet.\n"
+    return f"{BEGIN}\n{body}{END}"
+
+
+def with_readme(files: dict[Path, str], readme: Path) -> dict[Path, str]:
+    """`files` plus the README with its leaderboard section regenerated (when it has the markers)."""
+    if not readme.exists():
+        return files
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        return files
+    return {**files, readme: text[:start] + readme_section(files) + text[end + len(END):]}
+
+
+def stale(results_dir: Path, readme: Path | None = None) -> list[Path]:
+    """Derived files whose committed content differs from a regeneration (or that are missing)."""
+    files = build(results_dir)
+    if readme is not None:
+        files = with_readme(files, readme)
+    existing = set((results_dir / "leaderboards").glob("*")) if (results_dir / "leaderboards").exists() else set()
+    changed = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    return sorted(changed + [p for p in existing if p not in files])
+
+
 def _protocol(name: str) -> Protocol:
     try:
         return PROTOCOLS.get(name)()
@@ -105,9 +138,14 @@ class _UnknownProtocol(Protocol):
     """Results of a protocol that is not installed: shown without columns."""
 
 
-def write(results_dir: Path) -> list[Path]:
-    """Regenerate every leaderboard file; returns the paths written."""
+def write(results_dir: Path, readme: Path | None = None) -> list[Path]:
+    """Regenerate every leaderboard file (and the README section); returns the paths written."""
     files = build(results_dir)
+    if readme is not None:
+        files = with_readme(files, readme)
+    for old in (results_dir / "leaderboards").glob("*"):
+        if old not in files:
+            old.unlink()
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text)
