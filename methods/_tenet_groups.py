@@ -22,9 +22,9 @@ def kmeans_channels(maps: Tensor, centres: Tensor, iters: int = 50, tol: float =
 
     `centres` (B, G) are the initial centre channels. An iteration assigns every channel to its
     nearest centre (squared Euclidean), then moves each centre to the channel nearest to its
-    cluster mean that no lower-numbered centre took in this iteration. A sample stops when the squared sum of
-    its centre shifts falls below `tol`, or after `iters` iterations; its group ids are the
-    assignment of its last iteration.
+    cluster mean that no lower-numbered centre took in this iteration. A sample stops when the
+    squared sum of its centre shifts falls below `tol`, or after `iters` iterations; its group
+    ids are the assignment of its last iteration.
     """
     maps = maps.float()
     batch, channels, _ = maps.shape
