@@ -131,3 +131,6 @@ def cifar100(data_root: Path) -> ImageDataset:
     train, test, names = _torchvision_cifar("CIFAR100", "cifar-100-python", data_root)
     return ImageDataset("cifar100", train, test, 100, mean=(0.5071, 0.4865, 0.4409),
                         std=(0.2673, 0.2564, 0.2762), class_names=names)
+
+
+from . import cub  # noqa: E402,F401  registers "cub200"

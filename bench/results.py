@@ -22,7 +22,7 @@ import pandas as pd
 from .errors import UserError
 from .protocol import Measurement
 
-CELL_KEYS = ("corruption", "severity", "attack", "epsilon", "shots", "reference")
+CELL_KEYS = ("corruption", "severity", "attack", "epsilon", "shots", "subset_seed", "reference")
 COLUMNS = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric", *CELL_KEYS,
            "value", "n", "seed", "config_hash", "method_config", "versions", "timestamp")
 _LIBRARIES = ("robustbench-lite", "torch", "torchvision", "numpy")
