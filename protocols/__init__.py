@@ -2,3 +2,4 @@
 
 from . import clean  # noqa: F401
 from . import lowdata  # noqa: F401
+from . import corruption  # noqa: F401

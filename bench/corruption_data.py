@@ -1,0 +1,260 @@
+"""Corrupted test sets: the canonical -C releases, and sets generated on the fly (cached on disk).
+
+Two on-disk layouts (landscape.md §3.1-3.2):
+
+- CIFAR-C (`CorruptionArrays`): `<folder>/<corruption>.npy`, uint8 (5N, H, W, 3), severity-major
+  (rows [(s-1)N, sN) hold severity s, row order = the clean test split), plus `labels.npy` (5N,).
+  CIFAR-10-C / CIFAR-100-C use it, and so does the cache of generated sets,
+  `<cache>/corruptions/<dataset>-<fingerprint>/`. Files are memory-mapped and read in batches.
+- ImageNet-C (`CorruptionFolders`): `<root>/<corruption>/<severity>/<wnid>/*.JPEG`, optionally
+  grouped by family (`<root>/noise/gaussian_noise/...`); class index = position of the WNID in the
+  sorted WNID folders. Tiny-ImageNet-C uses the same layout with 64x64 images.
+
+Every source yields, per (corruption, severity), batches of (images uint8 (B, 3, H, W), labels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import stable_hash
+from .corruptions import SEVERITIES, CorruptionTable, image_seed, load_backend
+from .data import Split
+from .errors import UserError
+
+CANONICAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C",
+                     "tinyimagenet": "Tiny-ImageNet-C", "imagenet": "ImageNet-C"}
+"""Dataset name -> folder of its canonical corrupted release under --data-root."""
+
+Batch = tuple[Tensor, Tensor]
+_PARALLEL_FROM = 10_000  # corrupted images from which generation is spread over processes
+
+
+class CorruptionArrays:
+    """A folder in the CIFAR-C layout, checked against the clean test split it corrupts.
+
+    Args:
+        folder: the folder holding `<corruption>.npy` and `labels.npy`.
+        test: the clean test split; files must hold 5 x len(test) rows of its image shape, and
+            `labels.npy` its labels repeated per severity.
+        limit: evaluate the first `limit` images of each severity block (0: all).
+    """
+
+    def __init__(self, folder: Path, test: Split, limit: int = 0) -> None:
+        self.folder = Path(folder)
+        self.rows_per_severity = len(test)
+        self.image_shape = (test.x.shape[2], test.x.shape[3], 3)
+        self.limit = min(limit or len(test), len(test))
+        self.labels = self._checked_labels(test.y.numpy())
+
+    def _checked_labels(self, test_labels: np.ndarray) -> Tensor:
+        path = self.folder / "labels.npy"
+        labels = self._load(path)
+        expected = np.tile(test_labels, len(SEVERITIES))
+        if labels.shape != expected.shape:
+            raise UserError(f"{path} holds {labels.shape} labels, expected ({len(expected)},): 5 "
+                            f"severities x {len(test_labels)} test images; use the labels.npy of "
+                            f"this release (or pick the matching --dataset)")
+        if not np.array_equal(np.asarray(labels, dtype=np.int64), expected):
+            wrong = int((np.asarray(labels, dtype=np.int64) != expected).sum())
+            raise UserError(f"{path}: {wrong} labels differ from the test split of this dataset "
+                            f"repeated per severity; the files belong to another dataset or order "
+                            f"(check --dataset and --data-root)")
+        return torch.from_numpy(test_labels[:self.limit].astype(np.int64))
+
+    def _load(self, path: Path) -> np.ndarray:
+        if not path.is_file():
+            raise UserError(f"{path} is missing; the folder needs one <corruption>.npy per "
+                            f"corruption and labels.npy (or remove {self.folder} to generate "
+                            f"the corruptions on the fly)")
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as err:
+            raise UserError(f"{path} is not a readable .npy file ({err}); re-download or "
+                            f"re-generate it") from None
+
+    def array(self, corruption: str) -> np.ndarray:
+        """The memory-mapped (5N, H, W, 3) uint8 array of `corruption`, checked."""
+        path = self.folder / f"{corruption}.npy"
+        data = self._load(path)
+        if data.dtype != np.uint8:
+            raise UserError(f"{path} has dtype {data.dtype}, expected uint8 pixels in 0..255; "
+                            f"re-save it with array.astype(np.uint8)")
+        if data.ndim != 4 or data.shape[1:] != self.image_shape:
+            raise UserError(f"{path} has shape {data.shape}, expected (rows, "
+                            f"{', '.join(map(str, self.image_shape))}) uint8 NHWC images; "
+                            f"transpose NCHW arrays to NHWC and use this dataset's image size")
+        if data.shape[0] % len(SEVERITIES):
+            raise UserError(f"{path} has {data.shape[0]} rows, not divisible by 5 severities; "
+                            f"the file is truncated or not severity-major, re-download it")
+        if data.shape[0] != len(SEVERITIES) * self.rows_per_severity:
+            raise UserError(f"{path} has {data.shape[0]} rows, expected 5 x "
+                            f"{self.rows_per_severity} (the test split of this dataset); "
+                            f"the files belong to another dataset (check --dataset)")
+        return data
+
+    def batches(self, corruption: str, severity: int, batch_size: int) -> Iterator[Batch]:
+        """(images (B, 3, H, W) uint8, labels) for the first `limit` images of one severity."""
+        data = self.array(corruption)
+        start = (severity - 1) * self.rows_per_severity
+        for lo in range(0, self.limit, batch_size):
+            hi = min(lo + batch_size, self.limit)
+            chunk = np.array(data[start + lo:start + hi])  # a writable copy of the mapped rows
+            yield torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous(), self.labels[lo:hi]
+
+
+class CorruptionFolders:
+    """An ImageNet-C style tree: `<root>[/<family>]/<corruption>/<severity>/<wnid>/<image>`.
+
+    Args:
+        root: the release folder (e.g. `<data-root>/ImageNet-C`).
+        num_classes: the number of WNID folders expected.
+        crop: centre crop side applied to every image (ImageNet-C: 224, no resize); None keeps them.
+        limit: evaluate this many images per (corruption, severity), evenly spaced over the sorted
+            file list so every class is represented (0: all).
+    """
+
+    def __init__(self, root: Path, num_classes: int, crop: int | None = None, limit: int = 0) -> None:
+        self.root, self.num_classes, self.crop, self.limit = Path(root), num_classes, crop, limit
+
+    def corruption_dir(self, corruption: str) -> Path:
+        candidates = [self.root / corruption, *sorted(self.root.glob(f"*/{corruption}"))]
+        for path in candidates:
+            if path.is_dir():
+                return path
+        raise UserError(f"{self.root} has no folder {corruption}/ (flat) or <family>/{corruption}/ "
+                        f"(grouped); extract every archive of the release there")
+
+    def files(self, corruption: str, severity: int) -> list[tuple[Path, int]]:
+        folder = self.corruption_dir(corruption) / str(severity)
+        if not folder.is_dir():
+            raise UserError(f"{folder} is missing; each corruption needs severity folders 1..5")
+        wnids = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if len(wnids) != self.num_classes:
+            raise UserError(f"{folder} has {len(wnids)} class folders, expected "
+                            f"{self.num_classes}; the release is incomplete or for another dataset")
+        files = [(path, label) for label, wnid in enumerate(wnids)
+                 for path in sorted((folder / wnid).iterdir()) if path.is_file()]
+        if self.limit and self.limit < len(files):
+            picks = np.linspace(0, len(files) - 1, self.limit).round().astype(int)
+            files = [files[i] for i in picks]
+        return files
+
+    def batches(self, corruption: str, severity: int, batch_size: int) -> Iterator[Batch]:
+        files = self.files(corruption, severity)
+        for lo in range(0, len(files), batch_size):
+            chunk = files[lo:lo + batch_size]
+            images = np.stack([self._read(path) for path, _ in chunk])
+            labels = torch.tensor([label for _, label in chunk], dtype=torch.long)
+            yield torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+    def _read(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if self.crop:
+                    image = _centre_crop(image, self.crop, path)
+                return np.asarray(image)
+        except OSError as err:
+            raise UserError(f"cannot read image {path} ({err}); re-extract the release") from None
+
+
+def _centre_crop(image, side: int, path: Path):
+    w, h = image.size
+    if w < side or h < side:
+        raise UserError(f"{path} is {w}x{h}, smaller than the {side}x{side} evaluation crop; "
+                        f"use the {side}px release")
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+# ---------------------------------------------------------------- generated sets
+
+
+def generated_arrays(test: Split, dataset: str, corruptions: Sequence[str], table: CorruptionTable,
+                     backend: str, seed: int, cache_dir: Path, limit: int = 0,
+                     progress: bool = False) -> CorruptionArrays:
+    """The first `limit` test images corrupted with `backend` and `table`, in the CIFAR-C layout
+    under `<cache_dir>/corruptions/<dataset>-<fingerprint>/`, generated once and reused."""
+    clean = test.subset(torch.arange(min(limit or len(test), len(test))))
+    module = load_backend(backend)
+    key = _fingerprint(clean, table, backend, module.VERSION, seed)
+    folder = Path(cache_dir) / "corruptions" / f"{dataset}-{key}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the corruption cache {folder} ({err.strerror}); "
+                        f"pass a writable --cache-dir") from None
+    images = clean.x.permute(0, 2, 3, 1).contiguous().numpy()
+    with FileLock(str(folder / ".lock")):  # one process generates, the others wait and reuse
+        if not (folder / "labels.npy").exists():
+            _save_atomic(folder / "labels.npy", np.tile(clean.y.numpy(), len(SEVERITIES)))
+        missing = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
+        jobs = [(backend, images, c, table, seed) for c in missing]
+        parallel = len(images) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM
+        with _pool(len(jobs) if parallel else 1) as pool:
+            done = pool.map(_severity_major, jobs) if pool else map(_severity_major, jobs)
+            for corruption, array in tqdm(zip(missing, done), total=len(missing), leave=False,
+                                          desc="corrupting", disable=not progress):
+                _save_atomic(folder / f"{corruption}.npy", array)
+    return CorruptionArrays(folder, clean)
+
+
+def _severity_major(job: tuple) -> np.ndarray:
+    """(5N, H, W, 3): the N images at severity 1, then at severity 2, ..."""
+    backend, images, corruption, table, seed = job
+    corrupt = load_backend(backend).corrupt_batch
+    return np.concatenate([
+        corrupt(images, corruption, s, table, [image_seed(seed, corruption, s, i)
+                                               for i in range(len(images))])
+        for s in SEVERITIES])
+
+
+@contextlib.contextmanager
+def _pool(jobs: int):
+    """A process pool over the usable CPUs (spawned: the parent may hold OpenMP threads), or None
+    when one process is enough."""
+    workers = min(jobs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)
+    if workers < 2:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _fingerprint(clean: Split, table: CorruptionTable, backend: str, version: int, seed: int) -> str:
+    digest = hashlib.sha256(clean.x.numpy().tobytes())
+    digest.update(clean.y.numpy().tobytes())
+    return stable_hash({"data": digest.hexdigest(), "table": table.name,
+                        "params": dict(table.severities), "frost": table.frost_scale,
+                        "backend": backend, "backend_version": version, "seed": seed}, length=12)
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,125 @@
+"""Figures of the corruption protocol: one run's severity curves, and a comparison across methods.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend switch); PNGs
+carry no version metadata, so the same numbers give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from robustbench_lite.bench.corruptions import ALL, BENCHMARK, FAMILIES, SEVERITIES
+
+_FAMILY_ORDER = ("noise", "blur", "weather", "digital", "extra")
+
+
+def severity_figure(accuracies: Mapping[tuple[str, int], float], clean: float, title: str,
+                    path: Path) -> Path:
+    """Accuracy against severity (0 = clean) per corruption family and the mean over the 15."""
+    fig, ax = _figure(1, (6.0, 4.0))
+    ax = ax[0]
+    severities = sorted({s for _, s in accuracies})
+    for family in _FAMILY_ORDER:
+        names = [c for c in ALL if FAMILIES[c] == family and (c, severities[0]) in accuracies]
+        if names:
+            curve = [sum(accuracies[(c, s)] for c in names) / len(names) for s in severities]
+            ax.plot([0, *severities], [clean, *curve], marker="o", linewidth=1.2,
+                    linestyle="--" if family == "extra" else "-", label=family)
+    benchmark = [c for c in BENCHMARK if (c, severities[0]) in accuracies]
+    if benchmark:
+        mean = [sum(accuracies[(c, s)] for c in benchmark) / len(benchmark) for s in severities]
+        ax.plot([0, *severities], [clean, *mean], color="black", linewidth=2.5, marker="s",
+                label=f"mean of {len(benchmark)}")
+    _axes(ax, "severity (0 = clean)", "top-1 accuracy", title, [0, *severities])
+    return _save(fig, path)
+
+
+def comparison_figure(rows: pd.DataFrame, path: Path) -> Path:
+    """Methods side by side from the long-format run rows of one (dataset, preset) leaderboard.
+
+    Left: mean accuracy over the benchmark corruptions against severity (0 = clean). Right: error
+    per corruption. Seeds are averaged; one line per (method, backbone).
+    """
+    rows = rows.copy()
+    rows["severity"] = rows["severity"].astype(str)
+    rows["label"] = rows["method"] + " · " + rows["backbone"]
+    labels = sorted(rows["label"].unique())
+    fig, (left, right) = _figure(2, (13.0, 4.5), width_ratios=(1, 2))
+    for label in labels:
+        own = rows[rows["label"] == label]
+        curve = _severity_curve(own)
+        if curve:
+            xs, ys = zip(*curve)
+            left.plot(xs, ys, marker="o", label=label)
+        errors = _per_corruption(own)
+        if errors:
+            right.plot(range(len(errors)), list(errors.values()), marker="o", label=label)
+            right.set_xticks(range(len(errors)), [c.replace("_", " ") for c in errors],
+                             rotation=60, ha="right", fontsize=8)
+    _axes(left, "severity (0 = clean)", "mean top-1 accuracy (15 corruptions)", "", [0, *SEVERITIES])
+    _axes(right, "", "error (mean over severities)", "", None)
+    fig.suptitle(", ".join(sorted(rows["dataset"].unique())) + " · corruptions")
+    return _save(fig, path)
+
+
+def _severity_curve(rows: pd.DataFrame) -> list[tuple[int, float]]:
+    acc = rows[rows["metric"] == "accuracy"]
+    clean = acc[acc["corruption"] == ""]["value"]
+    cells = acc[acc["corruption"].isin(BENCHMARK)]
+    if clean.empty or cells.empty:
+        return []
+    by_seed = cells.groupby(["seed", "severity"])["value"].mean().groupby("severity").mean()
+    points = [(0, float(clean.mean()))]
+    points += sorted((int(s), float(v)) for s, v in by_seed.items())
+    return points
+
+
+def _per_corruption(rows: pd.DataFrame) -> dict[str, float]:
+    errors = rows[rows["metric"] == "error"]
+    means = errors.groupby("corruption")["value"].mean()
+    return {c: float(means[c]) for c in ALL if c in means.index}
+
+
+def _figure(columns: int, size: tuple[float, float], **grid):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, columns, gridspec_kw=grid or None, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _axes(ax, xlabel: str, ylabel: str, title: str, xticks) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if xticks is not None:
+        ax.set_xticks(xticks)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the PNG through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

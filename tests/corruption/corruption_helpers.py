@@ -1,0 +1,36 @@
+"""Helpers of the corruption tests: small smooth colour images, a canonical CIFAR-C folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+
+from robustbench_lite.bench.corruptions import ALL
+
+
+def colour_images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8 smooth colour noise stretched to the full 0..255 range per image."""
+    rng = np.random.default_rng(seed)
+    x = scipy.ndimage.gaussian_filter(rng.random((n, size, size, 3)), (0, 2, 2, 0))
+    low, high = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    return ((x - low) / (high - low) * 255).astype(np.uint8)
+
+
+def write_cifar_c(folder: Path, clean: np.ndarray, labels: np.ndarray,
+                  corruptions=ALL) -> dict[tuple[str, int], np.ndarray]:
+    """Write a CIFAR-C folder for NHWC `clean` images: severity s of corruption number k is the clean
+    block with a (k, s)-seeded noise of amplitude 12 * s. Returns {(corruption, severity): block}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = {}
+    for k, name in enumerate(corruptions):
+        rows = []
+        for s in range(1, 6):
+            noise = np.random.default_rng(100 * k + s).normal(0, 12 * s, clean.shape)
+            block = np.clip(clean + noise, 0, 255).astype(np.uint8)
+            blocks[(name, s)] = block
+            rows.append(block)
+        np.save(folder / f"{name}.npy", np.concatenate(rows))
+    np.save(folder / "labels.npy", np.tile(labels, 5).astype(np.uint8))
+    return blocks
