@@ -200,12 +200,17 @@ BACKENDS: Mapping[str, str] = {
     "reference": "robustbench_lite.bench.corruption_reference",
     "engine": "robustbench_lite.bench.corruption_engine",
 }
-"""Backend name -> module exposing `corrupt_batch` (a `Backend`) and `VERSION` (an int, bumped
-whenever its output changes; it keys the cache of generated sets)."""
+"""Backend name -> module exposing `corrupt_batch` (a `Backend`), `VERSION` (an int, bumped
+whenever its output changes; it keys the cache of generated sets), and optionally `require()`
+(raises a UserError naming what to install when a library it needs is missing) and `PARALLEL`
+(True when large sets should be spread over one process per CPU)."""
 
 
-def load_backend(name: str) -> ModuleType:
-    """The module of backend `name` (see `BACKENDS`)."""
+def load_backend(name: str, check: bool = True) -> ModuleType:
+    """The module of backend `name` (see `BACKENDS`); with `check`, its libraries must be present."""
     if name not in BACKENDS:
         raise UserError(f"unknown corruption backend {name!r}; known: {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    module = importlib.import_module(BACKENDS[name])
+    if check and hasattr(module, "require"):
+        module.require()
+    return module
