@@ -157,7 +157,8 @@ class Trainer:
                               self.job.dataset.num_classes, self.method_rng, self.device)
             losses = self._step(self._batch(index), ctx)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            if self.progress and (i + 1 == self.steps_per_epoch or i % 50 == 0):  # .item() syncs
+                bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()}, refresh=False)
 
     def _batch(self, index: Tensor) -> Batch:
         x = augment(self.x[index], self.job.recipe, self.data_rng)
@@ -166,7 +167,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.y[index])
 
-    def _step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+    def _step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.job.recipe, ctx.step, self.steps_per_epoch)
         method, logged = self.job.method, {}
@@ -183,7 +184,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 self.optimizer.step()
-                logged.update({k: v.item() for k, v in losses.items()})
+                logged.update({k: v.detach() for k, v in losses.items()})
         return logged
 
     def _autocast(self):
