@@ -179,3 +179,22 @@ def test_cli_runs_the_protocol_and_builds_the_leaderboard(tmp_path, capsys):
     assert board["5-shot sd"].item() == pytest.approx(std, abs=1e-5)
     assert main(argv[:-4] + ["--set", "protocol.shots=0", *argv[-4:]]) == 2
     assert "distinct positive" in capsys.readouterr().err
+
+
+def test_cub_fixture_trains_on_224_crops_and_tests_on_the_centre_crop(tmp_path, monkeypatch,
+                                                                      run_context):
+    from test_cub import write_cub
+
+    from robustbench_lite.bench.data import load_dataset
+
+    monkeypatch.setenv("RBL_CACHE", str(tmp_path / "cache"))
+    write_cub(tmp_path / "data")
+    dataset = load_dataset("cub200", tmp_path / "data")
+    recipe = Recipe(backbone="tiny", epochs=1, batch_size=4, crop_padding=0, crop_size=224)
+    ctx = run_context("erm", dataset=dataset, recipe=recipe)
+    seen = []
+    monkeypatch.setattr(lowdata, "accuracy", lambda model, x, y, bs: seen.append(x.shape) or 0.5)
+    rows = LowData(lowdata.Config(shots=(2,), subset_seeds=(0,))).run(ctx)
+    assert seen == [(6, 3, 224, 224)]
+    assert {m.metric: m.value for m in rows if m.cell == {"shots": 2}}["epoch_factor"] == 2
+    assert list(ctx.cache_dir.glob("erm-cub200-*.pt"))  # a real training run went through the cache
