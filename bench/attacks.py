@@ -126,3 +126,19 @@ def _fooled_and_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
         fooled = model(x).argmax(1) != y
         loss = loss_fn(model, x, y).detach()
     return fooled, loss
+
+
+def autograd_always(model: nn.Module) -> nn.Module:
+    """`model`, wrapped to keep autograd on inside its forward if it differentiates there
+    (`needs_autograd_at_eval`): for attack libraries that call the model under `no_grad`."""
+    return _GradEnabled(model) if getattr(model, "needs_autograd_at_eval", False) else model
+
+
+class _GradEnabled(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return self.model(x)
