@@ -36,11 +36,12 @@ def test_views_keep_shape_dtype_and_range_but_change_the_images(tiny_dataset):
     assert not torch.equal(out.views[0], out.views[1])
 
 
-def test_views_are_a_function_of_the_seed_and_leave_the_global_generator_alone(tiny_dataset):
+def test_views_are_a_function_of_the_seed_and_leave_global_state_alone(tiny_dataset):
     clean, method = batch(tiny_dataset), AugMix()
-    state = torch.get_rng_state()
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     first = method.train_transform(clean, context(seed=3)).views
     assert torch.equal(torch.get_rng_state(), state)
+    assert torch.get_num_threads() == threads
     torch.manual_seed(123)  # the global generator must not matter
     again = method.train_transform(clean, context(seed=3)).views
     other = method.train_transform(clean, context(seed=4)).views
