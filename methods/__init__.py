@@ -9,3 +9,4 @@ from . import manifold_mixup  # noqa: F401
 from . import catchup  # noqa: F401
 from . import cifs  # noqa: F401
 from . import augmix  # noqa: F401
+from . import pgd_at  # noqa: F401

@@ -2,4 +2,5 @@
 
 from . import clean  # noqa: F401
 from . import lowdata  # noqa: F401
+from . import adversarial  # noqa: F401
 from . import corruption  # noqa: F401

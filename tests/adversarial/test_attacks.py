@@ -205,3 +205,44 @@ def test_bad_arguments_are_rejected():
         pgd(model, x, y, EPS, 1, EPS, norm="l1")
     with pytest.raises(ValueError, match="restarts"):
         pgd(model, x, y, EPS, 1, EPS, restarts=0)
+
+
+def test_autoattack_is_not_weaker_than_pgd(fitted):
+    pytest.importorskip("pyautoattack")
+    from robustbench_lite.bench.attacks_autoattack import autoattack
+
+    model, x, y = fitted
+    x, y, eps = x[:16], y[:16], 16 / 255
+    # apgd-t on 4 classes also checks that the target count adapts to datasets below ten classes.
+    adv = autoattack(model, x, y, eps, seed=3, num_classes=4, version="custom",
+                     attacks=("apgd-ce", "apgd-t"), batch_size=16)
+    assert (adv - x).abs().max().item() <= eps + 1e-6 and 0 <= adv.min() and adv.max() <= 1
+    with torch.no_grad():
+        acc_aa = (model(adv).argmax(1) == y).float().mean().item()
+        acc_pgd = (model(pgd(model, x, y, eps, steps=20, step_size=eps / 4,
+                             rng=torch.Generator().manual_seed(0))).argmax(1) == y).float().mean()
+    # APGD (100 iterations with an adaptive step, then targeted) finds every PGD-20 example here
+    # and more, so no tolerance is needed on these 16 images.
+    assert acc_aa <= acc_pgd.item()
+    assert acc_aa < 1.0
+
+
+def test_autoattack_is_seeded_and_handles_a_model_that_differentiates_inside_forward():
+    pytest.importorskip("pyautoattack")
+    from robustbench_lite.bench.attacks_autoattack import autoattack
+
+    torch.manual_seed(0)
+    model = GradientInForward().eval()
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4)
+    state = torch.get_rng_state()
+
+    def attack(seed: int):
+        return autoattack(model, x, y, 0.3, seed=seed, num_classes=4, version="custom",
+                          attacks=("apgd-ce",), batch_size=4)
+
+    adv = attack(0)
+    assert torch.equal(state, torch.get_rng_state())  # the library's reseeding does not leak
+    assert (adv - x).abs().max().item() <= 0.3 + 1e-6
+    with torch.enable_grad():
+        assert (model(adv).argmax(1) == y).sum().item() == 0  # a large radius fools every point
+    assert torch.equal(adv, attack(0))
