@@ -151,7 +151,7 @@ def test_invalid_settings_are_user_errors(run_context):
 
 def test_default_shots_are_looked_up_by_dataset_name():
     assert lowdata.shots_for(lowdata.Config(), "cub200") == (5, 10, 20, 30)
-    assert lowdata.shots_for(lowdata.Config(), "digits") == lowdata.DEFAULT_SHOTS["digits"]
+    assert lowdata.shots_for(lowdata.Config(), "digits") == (5, 20)
     assert lowdata.shots_for(lowdata.Config(), "cifar10") == lowdata.GENERIC_SHOTS
     assert lowdata.shots_for(lowdata.Config(shots=(10, 5)), "cub200") == (5, 10)
 
