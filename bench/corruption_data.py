@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -206,7 +207,8 @@ def generated_arrays(test: Split, dataset: str, corruptions: Sequence[str], tabl
             _save_atomic(folder / "labels.npy", np.tile(clean.y.numpy(), len(SEVERITIES)))
         missing = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
         jobs = [(backend, images, c, table, seed) for c in missing]
-        parallel = len(images) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM
+        parallel = (getattr(module, "PARALLEL", False)
+                    and len(images) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM)
         with _pool(len(jobs) if parallel else 1) as pool:
             done = pool.map(_severity_major, jobs) if pool else map(_severity_major, jobs)
             for corruption, array in tqdm(zip(missing, done), total=len(missing), leave=False,
@@ -227,14 +229,15 @@ def _severity_major(job: tuple) -> np.ndarray:
 
 @contextlib.contextmanager
 def _pool(jobs: int):
-    """A process pool over the usable CPUs (spawned: the parent may hold OpenMP threads), or None
-    when one process is enough."""
-    workers = min(jobs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1)
-    if workers < 2:
+    """A pool of forked processes over the usable CPUs (Linux), or None when one process is enough.
+
+    Forked, not spawned: a spawned worker re-imports the caller's main module, which re-runs an
+    unguarded script (and here would wait forever on the cache lock its parent holds)."""
+    workers = min(jobs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers < 2 or not sys.platform.startswith("linux"):
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         yield pool
 
 

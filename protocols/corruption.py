@@ -77,18 +77,20 @@ class Corruption(Protocol):
     def run(self, ctx: RunContext) -> list[Measurement]:
         cfg = self.config
         corruptions, severities = parse_corruptions(cfg.corruptions), self._severities()
-        load_backend(cfg.backend)
+        load_backend(cfg.backend, check=False)  # its libraries are needed only to generate
         self._check_reference(self.resolved_reference(ctx))
+        clock = [time.time()]
+        source, canonical, clean_split = self._source(ctx, corruptions)  # before training: fail early
+        clock.append(time.time())
         model = ctx.train()
-        started = time.time()
-        source, canonical, clean_split = self._source(ctx, corruptions)
-        generated = time.time()
+        clock.append(time.time())
         batch = ctx.recipe.eval_batch_size
         clean = _accuracy(model, [(clean_split.x, clean_split.y)], batch)
         accuracies = {(c, s): _accuracy(model, source.batches(c, s, batch), batch)
                       for c in corruptions for s in severities}
-        log.info("corruption data %.1fs (%s), evaluation %.1fs", generated - started,
-                 "canonical" if canonical else "generated", time.time() - generated)
+        clock.append(time.time())
+        log.info("corrupted data (%s) %.1fs, training %.1fs, evaluation %.1fs",
+                 "canonical" if canonical else "generated", *np.diff(clock))
         acc = {cell: value for cell, (value, _) in accuracies.items()}
         out = [Measurement("accuracy", clean[0], clean[1]),
                Measurement("canonical_files", float(canonical))]

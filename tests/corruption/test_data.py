@@ -125,3 +125,13 @@ def test_generated_sets_use_the_canonical_layout_and_are_reused(tmp_path, clean,
     monkeypatch.undo()
     assert other(clean, "toy", ("contrast",), CIFAR, "reference", 1, tmp_path, 12).folder != folder
     assert not list(folder.glob(".*.npy"))  # no temporary files left behind
+
+
+def test_generation_spread_over_processes_gives_the_same_files(tmp_path, clean, monkeypatch):
+    args = (clean, "toy", ("gaussian_noise", "snow"), CIFAR, "reference", 0)
+    serial = generated_arrays(*args, tmp_path / "serial", limit=6).folder
+    monkeypatch.setattr(corruption_data, "_PARALLEL_FROM", 1)
+    monkeypatch.setattr(corruption_data.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    parallel = generated_arrays(*args, tmp_path / "parallel", limit=6).folder
+    for name in ("gaussian_noise", "snow", "labels"):
+        assert np.array_equal(np.load(serial / f"{name}.npy"), np.load(parallel / f"{name}.npy"))

@@ -185,3 +185,16 @@ def test_noise_statistics_follow_the_cifar_constants():
     for severity, amount in enumerate(CIFAR.severities["impulse_noise"], start=1):
         out = ref.corrupt(flat, "impulse_noise", severity, CIFAR, seed=severity)
         assert abs(np.isin(out, (0, 255)).mean() - amount) < 0.35 * amount + 0.003
+
+
+def test_missing_libraries_name_the_extra_to_install(monkeypatch):
+    from robustbench_lite.bench.corruptions import load_backend
+
+    ref._libraries.cache_clear()
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # import cv2 now fails
+    try:
+        with pytest.raises(UserError, match=r"pip install 'robustbench-lite\[corruptions\]'"):
+            load_backend("reference")
+        assert load_backend("reference", check=False) is ref  # not needed for canonical files
+    finally:
+        ref._libraries.cache_clear()
