@@ -11,7 +11,7 @@ from pathlib import Path
 from filelock import FileLock
 from tabulate import tabulate
 
-from . import leaderboard, suite
+from . import distributed, leaderboard, suite, sweep
 from .backbones import BACKBONES
 from .config import parse_overrides
 from .data import DATASETS
@@ -20,10 +20,25 @@ from .method import METHODS
 from .protocol import PROTOCOLS
 from .recipes import PRESET_DESCRIPTIONS
 from .runner import RunRequest, run
+from .train import pick_device
 
 
 def _default_cache() -> Path:
     return Path(os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite"))
+
+
+def _add_run_options(p: argparse.ArgumentParser, set_help: str) -> None:
+    """Options shared by `run` and `sweep`: where the data, results and cache are, and settings."""
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--backbone", default=None, help="override the recipe's backbone")
+    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("RBL_DATA", "data")))
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="trained-model cache (default $RBL_CACHE or ~/.cache/robustbench-lite)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,18 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a method (or reuse it) and run a protocol")
     p.add_argument("--method", required=True)
     p.add_argument("--protocol", required=True)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--preset", default="default")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", default=None, help="override the recipe's backbone")
-    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("RBL_DATA", "data")))
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="trained-model cache (default $RBL_CACHE or ~/.cache/robustbench-lite)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="method setting; prefix protocol. or recipe. for those (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p, "method setting; prefix protocol. or recipe. for those (repeatable)")
 
     p = sub.add_parser("list", help="methods, protocols, datasets, backbones and presets")
     p.add_argument("what", nargs="?", choices=["methods", "protocols", "datasets", "backbones",
@@ -57,6 +62,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if a committed leaderboard differs from a regeneration")
 
+    p = sub.add_parser("perf", help="speed figures as ratios to baselines measured in the same run")
+    p.add_argument("--sections", default="", help="comma-separated subset (default: all)")
+
+    p = sub.add_parser("sweep", help="run methods x protocols x seeds on a pool, Slurm or Ray")
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--protocols", required=True, help="comma-separated protocol names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    _add_run_options(p, "k (methods having k), protocol.k (protocols having k), recipe.k, or "
+                        "<method or protocol name>.k (repeatable)")
+    p.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
+    p.add_argument("--workers", type=int, default=1, help="concurrent jobs of local executors")
+    p.add_argument("--cpus-per-job", type=int, default=None,
+                   help="threads (and Slurm/Ray CPUs) per job; default cores / workers locally, "
+                        "else 1")
+    p.add_argument("--retries", type=int, default=0, help="re-submissions of a failed job")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to use (default: start one here)")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per Slurm job")
+    p.add_argument("--timeout-min", type=int, default=24 * 60, help="Slurm time limit per job")
+
     p = sub.add_parser("check", help="re-run the ci suite and compare with the golden numbers")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--update", action="store_true", help="make the new numbers the golden ones")
@@ -65,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    distributed.init_from_env(use_cuda=pick_device(args.device).type == "cuda")  # under torchrun
     req = RunRequest(args.method, args.protocol, args.dataset, args.preset, args.seed,
                      args.data_root, args.results_dir, args.cache_dir or _default_cache(),
                      parse_overrides(args.overrides), args.backbone, args.device,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress and distributed.is_main())
     outcome = run(req, lock=_results_lock(args.results_dir))
+    if not distributed.is_main():
+        return
     rows = [[m.metric, " ".join(f"{k}={v}" for k, v in m.cell.items()), f"{m.value:.4f}", m.n]
             for m in outcome.measurements]
     print(tabulate(rows[:40], ["metric", "cell", "value", "n"], tablefmt="simple"))
@@ -154,7 +183,36 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "list": _list, "leaderboard": _leaderboard, "check": _check}
+def _perf(args: argparse.Namespace) -> None:
+    from . import perf
+
+    names = [n for n in args.sections.split(",") if n]
+    unknown = set(names) - set(perf.SECTIONS)
+    if unknown:
+        raise UserError(f"unknown perf sections {sorted(unknown)}; known: {', '.join(perf.SECTIONS)}")
+    for line in perf.run_sections(names):
+        print(line, flush=True)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    grid = sweep.Grid(sweep.parse_list(args.methods, "methods"),
+                      sweep.parse_list(args.protocols, "protocols"),
+                      sweep.parse_list(args.seeds, "seeds", int), args.dataset, args.preset,
+                      parse_overrides(args.overrides), args.backbone)
+    options = sweep.Options(args.executor, args.workers, args.cpus_per_job, args.retries,
+                            args.ray_address, args.slurm_partition, args.gpus_per_node,
+                            args.timeout_min)
+    summary = sweep.run_sweep(grid, options, args.results_dir, args.cache_dir or _default_cache(),
+                              args.data_root, args.device, progress=not args.no_progress,
+                              lock=_results_lock(args.results_dir))
+    for line in summary.report():
+        print(line)
+    print(f"leaderboards: {args.results_dir / 'leaderboards'}")
+    return 0 if summary.ok else 1
+
+
+COMMANDS = {"perf": _perf, "run": _run, "sweep": _sweep, "list": _list,
+            "leaderboard": _leaderboard, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustbench-lite: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import distributed
 from .config import apply_overrides, config_dict, stable_hash
 from .data import load_dataset
-from .method import METHODS
-from .protocol import PROTOCOLS, Measurement, RunContext
-from .recipes import recipe_for
+from .method import METHODS, Method
+from .protocol import PROTOCOLS, Measurement, Protocol, RunContext
+from .recipes import Recipe, recipe_for
 from .results import RunInfo, write_run
 from .train import pick_device
 
@@ -40,7 +41,17 @@ class RunRequest:
 class RunOutcome:
     info: RunInfo
     measurements: list[Measurement]
-    csv_path: Path
+    csv_path: Path | None  # None on the ranks > 0 of a torchrun launch, which write nothing
+
+
+@dataclass
+class ResolvedRun:
+    """A request made concrete: configured method, protocol and recipe, and the run's identity."""
+
+    method: Method
+    protocol: Protocol
+    recipe: Recipe
+    info: RunInfo
 
 
 def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
@@ -55,8 +66,8 @@ def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
     return groups["method"], groups["protocol"], groups["recipe"]
 
 
-def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) -> RunOutcome:
-    """Train (or reuse) the method, run the protocol, write the run's results (under `lock`)."""
+def resolve(req: RunRequest) -> ResolvedRun:
+    """Build the method, protocol and recipe of a request, and its run id, without running it."""
     method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
     method_set, protocol_set, recipe_set = split_overrides(req.overrides)
     method = method_cls(apply_overrides(method_cls.Config(), method_set, f"method {req.method}"))
@@ -68,21 +79,39 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) 
     recipe = apply_overrides(recipe, recipe_set, "the recipe")
     from .backbones import BACKBONES
     BACKBONES.get(recipe.backbone)
-    dataset = load_dataset(req.dataset, req.data_root)
-    ctx = RunContext(method, req.method, dataset, recipe, req.seed, pick_device(req.device),
-                     Path(req.cache_dir), Path(req.data_root), Path(req.results_dir), req.progress)
-    started = time.time()
-    measurements = protocol.run(ctx)
     method_config = json.dumps(config_dict(method.config), sort_keys=True)
     config_hash = stable_hash({"method": config_dict(method.config),
                                "protocol": config_dict(protocol.config), "recipe": asdict(recipe)},
                               length=8)
     info = RunInfo(req.method, req.protocol, req.dataset, recipe.backbone, req.preset, req.seed,
                    config_hash, method_config)
+    return ResolvedRun(method, protocol, recipe, info)
+
+
+def run_context(req: RunRequest, resolved: ResolvedRun) -> RunContext:
+    """The context a protocol runs in (loads the dataset)."""
+    dataset = load_dataset(req.dataset, req.data_root)
+    return RunContext(resolved.method, req.method, dataset, resolved.recipe, req.seed,
+                      pick_device(req.device), Path(req.cache_dir), Path(req.data_root),
+                      Path(req.results_dir), req.progress)
+
+
+def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) -> RunOutcome:
+    """Train (or reuse) the method, run the protocol, write the run's results (under `lock`).
+    Under torchrun every rank trains and measures; only rank 0 writes."""
+    resolved = resolve(req)
+    method, protocol, recipe, info = (resolved.method, resolved.protocol, resolved.recipe,
+                                      resolved.info)
+    ctx = run_context(req, resolved)
+    started = time.time()
+    measurements = protocol.run(ctx)
     provenance = {"method_config": config_dict(method.config), "protocol_config":
                   config_dict(protocol.config), "recipe": asdict(recipe), "seed": req.seed,
                   "method_source": METHODS.source(req.method), "device": str(ctx.device),
-                  "seconds": round(time.time() - started, 1), "command": sys.argv}
+                  "seconds": round(time.time() - started, 1), "command": sys.argv,
+                  "world_size": distributed.world_size()}
+    if not distributed.is_main():
+        return RunOutcome(info, measurements, None)
     with lock or contextlib.nullcontext():
         csv_path = write_run(Path(req.results_dir), info, measurements, provenance)
     return RunOutcome(info, measurements, csv_path)

@@ -18,6 +18,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_dict, stable_hash
@@ -53,7 +54,8 @@ class TrainJob:
             "format": CACHE_FORMAT, "method": self.method_name,
             "config": config_dict(self.method.config), "dataset": self.dataset.name,
             "data": _fingerprint(split), "recipe": asdict(self.recipe), "seed": self.seed,
-            "backbone_kwargs": self.backbone_kwargs or {}})
+            "backbone_kwargs": self.backbone_kwargs or {},
+            **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {})})
 
     def build_model(self) -> nn.Module:
         seed_everything(self.seed)
@@ -86,18 +88,26 @@ def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
     except OSError as err:
         raise UserError(f"cannot create the model cache {cache_dir} ({err.strerror}); "
                         f"pass a writable --cache-dir") from None
-    stem = f"{job.method_name}-{job.dataset.name}-s{job.seed}-{job.key()}"
-    final, partial = cache_dir / f"{stem}.pt", cache_dir / f"{stem}.partial.pt"
+    final = cached_model_path(job, cache_dir)
+    partial = final.with_suffix(".partial.pt")
     model = job.build_model().to(device)
-    with FileLock(str(cache_dir / f"{stem}.lock")):  # one process trains, the others wait and reuse
-        if final.exists():
+    # One process trains, the others wait and reuse. Under torchrun only rank 0 locks and writes;
+    # all ranks train together and follow rank 0's view of the cache.
+    with distributed.main_only(FileLock(str(final.with_suffix(".lock")))):
+        if distributed.rank0_value(final.exists()):
             load_weights(model, final, device)
             log.info("reusing trained model %s", final)
             return model.eval()
         Trainer(job, model, device, progress).fit(partial)
-        save_checkpoint(final, {"model": model.state_dict()})
-        partial.unlink(missing_ok=True)
+        if distributed.is_main():
+            save_checkpoint(final, {"model": model.state_dict()})
+            partial.unlink(missing_ok=True)
     return model.eval()
+
+
+def cached_model_path(job: TrainJob, cache_dir: Path) -> Path:
+    """Where the trained model of `job` is cached."""
+    return cache_dir / f"{job.method_name}-{job.dataset.name}-s{job.seed}-{job.key()}.pt"
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
@@ -129,6 +139,7 @@ class Trainer:
         self.use_amp = recipe.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+        self.net = distributed.wrap(model, device)  # what the method trains: DDP under torchrun
 
     def _training_split(self) -> Split:
         split = self.job.train_split
@@ -165,7 +176,7 @@ class Trainer:
         x = x.float().div_(255)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, self.y[index])
+        return Batch(*distributed.shard(x, self.y[index]))  # this rank's part of the global batch
 
     def _step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         for group in self.optimizer.param_groups:
@@ -174,7 +185,8 @@ class Trainer:
         self.model.train()
         with self._autocast():
             batch = method.train_transform(batch, ctx)
-            for losses in as_updates(method.training_step(self.model, batch, ctx)):
+            updates = as_updates(method.training_step(self.net, batch, ctx))
+            for losses in distributed.checked_updates(updates, self.net, self.job.method_name):
                 total = sum(losses.values())
                 if not torch.isfinite(total):
                     raise DivergedError(
@@ -193,6 +205,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _save(self, path: Path, epochs_done: int) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epochs_done": epochs_done, "data_rng": self.data_rng.get_state(),
