@@ -7,9 +7,11 @@ elastic warps by gathers and `grid_sample`, fog by a batched plasma fractal, JPE
 
 Seeding rule. Random numbers come from a counter-based hash, not from a stateful generator: the
 k-th value of stream `s` for image i is `hash(seeds[i], s, k)` (32-bit integer mixing, see
-`_Noise._bits`; normal values use Box-Muller on 16-bit halves, so their tails stop near 4.7 sigma), so an image's corruption depends only on (image, corruption, severity, table, its seed)
-and never on the batch it is in nor on the device. Shot noise, whose Poisson draws have no cheap
-closed form, uses one CPU `torch.Generator` per image seeded with `seeds[i]` (same guarantee).
+`_Noise._bits`; normal values use Box-Muller on 16-bit halves, so their tails stop near 4.7
+sigma). An image's corruption thus depends only on (image, corruption, severity, table, its seed),
+never on the batch it is in nor on the device (up to float rounding). Shot noise, whose Poisson
+draws have no cheap closed form, uses one CPU `torch.Generator` per image seeded with `seeds[i]`
+(same guarantee).
 
 Deviations from the reference backend (random streams differ, so only the distributions match):
 - glass blur: the sequential local pixel moves are replayed position by position, vectorised over
@@ -42,6 +44,7 @@ from .corruptions import CorruptionTable
 from .errors import UserError
 
 VERSION = 1  # bump when an output changes: it is part of the fingerprint of cached generated sets
+PARALLEL = False  # batched already: one process beats a pool of processes
 
 _MASK = 0xFFFFFFFF
 
@@ -147,8 +150,10 @@ def _gaussian(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
         return x
     k = _gaussian_1d(sigma, radius).float().to(x.device)
     c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"),
+                 k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"),
+                    k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _gaussian_symmetric(x: Tensor, sigma: float, truncate: float) -> Tensor:
@@ -181,7 +186,8 @@ def _disk_kernel(radius: float, alias_blur: float) -> Tensor:
     disk = ((grid[None] ** 2 + grid[:, None] ** 2) <= radius ** 2).double()
     disk = disk / disk.sum()
     g = _gaussian_1d(alias_blur, ksize // 2)
-    out = F.conv2d(F.pad(disk[None, None], (ksize // 2,) * 4, mode="reflect"), (g[:, None] * g[None])[None, None])
+    padded = F.pad(disk[None, None], (ksize // 2,) * 4, mode="reflect")
+    out = F.conv2d(padded, (g[:, None] * g[None])[None, None])
     return out[0, 0].float()
 
 
@@ -541,7 +547,8 @@ def _equalize(x: Tensor) -> Tensor:
     """OpenCV `equalizeHist` of (N, 1, H, W) integer-valued pixels, per image."""
     n = x.shape[0]
     flat = x.flatten(1).long()
-    hist = torch.zeros(n, 256, device=x.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
+    ones = torch.ones_like(flat, dtype=torch.float)
+    hist = torch.zeros(n, 256, device=x.device).scatter_add_(1, flat, ones)
     cdf = hist.cumsum(1)
     first = torch.gather(cdf, 1, (hist > 0).float().argmax(1, keepdim=True))
     total = cdf[:, -1:]

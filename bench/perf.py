@@ -81,7 +81,250 @@ def _methods() -> list[str]:
 
 
 def run_sections(names: list[str] | None = None) -> list[str]:
+    """Every section's lines, then all their `name=value` figures again, one per line."""
     out = []
     for name in names or list(SECTIONS):
         out += [f"== {name}", *SECTIONS[name]()]
+    figures = [line for line in out if "=" in line and " " not in line.split("=")[0]]
+    return out + ["== figures", *figures]
+
+
+# ---------------------------------------------------------------- corruption engine
+
+
+def corruption_errors(model, test, backend: str, severities=(1, 2, 3, 4, 5),
+                      corruptions=None, seed: int = 0) -> dict[str, float]:
+    """Error of `model` per corruption (mean over `severities`) on `test` corrupted by `backend`
+    with the parameter table of the image size and the protocol's per-image seeds."""
+    from .corruptions import ALL, image_seed, load_backend, table_for
+    from .evaluate import accuracy
+
+    corrupt = load_backend(backend).corrupt_batch
+    table = table_for(test.x.shape[-1])
+    images = test.x.permute(0, 2, 3, 1).contiguous().numpy()
+    errors = {}
+    for name in corruptions or ALL:
+        accs = []
+        for s in severities:
+            seeds = [image_seed(seed, name, s, i) for i in range(len(images))]
+            corrupted = torch.from_numpy(corrupt(images, name, s, table, seeds)).permute(0, 3, 1, 2)
+            accs.append(accuracy(model, corrupted.contiguous(), test.y))
+        errors[name] = 1.0 - sum(accs) / len(accs)
+    return errors
+
+
+def fidelity_gaps(model, test, **kwargs) -> dict[str, float]:
+    """|error(engine) - error(reference)| per corruption (the same table and seeds)."""
+    engine = corruption_errors(model, test, "engine", **kwargs)
+    reference = corruption_errors(model, test, "reference", **kwargs)
+    return {name: abs(engine[name] - reference[name]) for name in engine}
+
+
+def _images_per_second(fn, images, min_seconds: float = 0.5) -> float:
+    fn(images)  # warm up (caches, lazy imports)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        fn(images)
+        done += len(images)
+    return done / (time.perf_counter() - start)
+
+
+def engine_throughput(size: int = 32, batch: int = 256, severity: int = 3,
+                      device: torch.device | None = None, baseline: bool = True,
+                      ) -> dict[str, tuple[float, float | None]]:
+    """Images/s per corruption: the engine on batches of `batch` (on `device`), and
+    `imagecorruptions` image by image (its own functions and constants, CPU), same images."""
+    from .corruption_engine import corrupt
+    from .corruptions import ALL, table_for
+
+    device = device or pick_device()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), generator=gen, dtype=torch.uint8)
+    table, seeds = table_for(size), list(range(batch))
+    on_device = images.to(device)
+    out = {}
+    for name in ALL:
+        def engine(x, name=name):
+            corrupt(x, name, severity, table, seeds)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        rate = _images_per_second(engine, on_device)
+        out[name] = (rate, _imagecorruptions_rate(name, severity, images) if baseline else None)
     return out
+
+
+def _imagecorruptions_rate(name: str, severity: int, images: torch.Tensor) -> float:
+    from imagecorruptions import corrupt as ic_corrupt
+
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    done, start = 0, time.perf_counter()
+    while done < 2 or time.perf_counter() - start < 0.5:  # at least 2 images, glass blur is slow
+        ic_corrupt(hwc[done % len(hwc)], corruption_name=name, severity=severity)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _fidelity_model():
+    """ERM on digits with the smoke recipe (from the model cache), and the digits test split."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from .recipes import recipe_for
+    from .train import trained_model
+
+    logging.getLogger("robustbench_lite").setLevel(logging.WARNING)
+    data = load_dataset("digits", "data")
+    job = TrainJob(METHODS.get("erm")(), "erm", data, recipe_for("smoke", "digits"), seed=0)
+    cache = Path(os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite"))
+    return trained_model(job, torch.device("cpu"), cache, progress=False), data.test
+
+
+@section("engine")
+def _engine() -> list[str]:
+    import math
+
+    rates = engine_throughput()
+    lines = [f"{name}: engine {e:,.0f} img/s, imagecorruptions {b:,.1f} img/s, x{e / b:,.1f}"
+             for name, (e, b) in rates.items()]
+    geomean = math.exp(sum(math.log(e / b) for e, b in rates.values()) / len(rates))
+    if pick_device().type == "cuda":
+        big = engine_throughput(size=224, batch=64, baseline=False)
+        lines += [f"{name} 224x224: engine {e:,.0f} img/s" for name, (e, _) in big.items()]
+    model, test = _fidelity_model()
+    gaps = fidelity_gaps(model, test)
+    lines += [f"{name}: |error gap| {gap * 100:.2f} points" for name, gap in gaps.items()]
+    lines += [f"engine_speedup_geomean={geomean:.1f}",
+              f"engine_fidelity_max_gap={max(gaps.values()) * 100:.2f}"]
+    return lines
+
+
+# ---------------------------------------------------------------- trainer overhead
+
+
+def _trainer_seconds(data, recipe: Recipe, device: torch.device, folder) -> float:
+    from .train import Trainer
+
+    job = TrainJob(METHODS.get("erm")(), "erm", data, recipe, seed=0)
+    trainer = Trainer(job, job.build_model().to(device), device, progress=False)
+    start = time.perf_counter()
+    trainer.fit(folder / "partial.pt")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _minimal_loop_seconds(data, recipe: Recipe, device: torch.device) -> float:
+    """The same model, optimizer and number of steps as the trainer, in a plain PyTorch loop."""
+    job = TrainJob(METHODS.get("erm")(), "erm", data, recipe, seed=0)
+    model = job.build_model().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    x_all, y_all = data.train.x.to(device), data.train.y.to(device)
+    steps_per_epoch = len(x_all) // recipe.batch_size
+    start = time.perf_counter()
+    model.train()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(x_all)).to(device)
+        for i in range(steps_per_epoch):
+            index = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            loss = torch.nn.functional.cross_entropy(model(x_all[index].float() / 255), y_all[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def trainer_overhead(epochs: int = 5, repeats: int = 3) -> tuple[float, float]:
+    """(trainer seconds, minimal loop seconds), the best of `repeats` interleaved runs: ERM, tiny
+    ResNet, digits, batch 64, no augmentation (the minimal loop has none)."""
+    import tempfile
+    from pathlib import Path
+
+    data = load_dataset("digits", "data")
+    recipe = Recipe(backbone="tiny", epochs=epochs, batch_size=64, lr=0.05, crop_padding=0, flip=False)
+    device = pick_device()
+    trainer, loop = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.append(_trainer_seconds(data, recipe, device, Path(folder)))
+        loop.append(_minimal_loop_seconds(data, recipe, device))
+    return min(trainer), min(loop)
+
+
+@section("trainer")
+def _trainer() -> list[str]:
+    trainer, loop = trainer_overhead()
+    return [f"trainer {trainer:.2f} s, minimal loop {loop:.2f} s (ERM, tiny ResNet, digits, 5 epochs, "
+            f"{pick_device().type})", f"trainer_overhead_ratio={trainer / loop:.3f}"]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def write_cifar_c_fixture(folder, rows_per_severity: int = 10_000, chunk: int = 5_000,
+                          corruptions=None) -> None:
+    """A full-size CIFAR-10-C layout of random pixels (19 x 50,000 x 32 x 32 x 3 uint8, ~2.9 GB),
+    written chunk by chunk through memory maps, plus `labels.npy`."""
+    import numpy as np
+
+    from .corruptions import ALL
+
+    rng = np.random.default_rng(0)
+    rows = 5 * rows_per_severity
+    labels = np.tile(np.arange(rows_per_severity) % 10, 5).astype(np.uint8)
+    np.save(folder / "labels.npy", labels)
+    for name in corruptions or ALL:
+        array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.uint8,
+                                          shape=(rows, 32, 32, 3))
+        for lo in range(0, rows, chunk):
+            array[lo:lo + chunk] = rng.integers(0, 256, (min(chunk, rows - lo), 32, 32, 3), dtype=np.uint8)
+        array.flush()
+        del array
+
+
+def _evaluate_fixture(folder: str, rows_per_severity: int) -> float:
+    """Evaluate a tiny model on every (corruption, severity) of a CIFAR-C folder through the
+    protocol's loader; returns the peak resident memory of this process in GB."""
+    import resource
+    from pathlib import Path
+
+    from torch import nn
+
+    from .corruption_data import CorruptionArrays
+    from .corruptions import ALL, SEVERITIES
+    from .data import Split
+    from .evaluate import predict
+
+    labels = torch.arange(rows_per_severity) % 10
+    test = Split(torch.zeros(rows_per_severity, 3, 32, 32, dtype=torch.uint8), labels)
+    source = CorruptionArrays(Path(folder), test)
+    model = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(192, 10))
+    for name in ALL:
+        for severity in SEVERITIES:
+            for images, _ in source.batches(name, severity, 1000):
+                predict(model, images, 1000)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GB
+
+
+def evaluation_peak_rss(rows_per_severity: int = 10_000) -> float:
+    """Peak resident memory (GB) of a fresh process evaluating a full-size CIFAR-10-C layout."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_cifar_c_fixture(Path(folder), rows_per_severity)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(_evaluate_fixture, folder, rows_per_severity).result()
+
+
+@section("memory")
+def _memory() -> list[str]:
+    peak = evaluation_peak_rss()
+    return [f"evaluating 19 x 50,000 CIFAR-10-C images (memory-mapped .npy) in a fresh process",
+            f"peak_rss_gb={peak:.2f}"]
