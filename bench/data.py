@@ -1,7 +1,8 @@
 """Datasets as in-memory uint8 tensors, and the dataset registry.
 
 Images are (N, 3, H, W) uint8; the trainer moves them to the device once and converts batches to
-[0, 1] floats there. `digits` (scikit-learn's bundled handwritten digits) needs no download.
+[0, 1] floats there. `digits` (scikit-learn's bundled handwritten digits) needs no download;
+CIFAR-10/100 (`cifar.py`) and CUB-200-2011 (`cub.py`) register themselves at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
 from .registry import Registry
 
 
@@ -93,44 +93,5 @@ def digits(data_root: Path) -> ImageDataset:
                         class_names=[str(i) for i in range(10)])
 
 
-def _torchvision_cifar(cls_name: str, folder: str, data_root: Path) -> tuple[Split, Split, list[str]]:
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, cls_name)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = cls(str(data_root), train=train, download=False)
-        except RuntimeError:
-            ds = _download(cls, data_root, train, folder)
-        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        splits.append(Split(x, torch.as_tensor(ds.targets)))
-    return splits[0], splits[1], list(ds.classes)
-
-
-def _download(cls, data_root: Path, train: bool, folder: str):
-    try:
-        return cls(str(data_root), train=train, download=True)
-    except Exception as err:  # network errors come in many types
-        raise UserError(f"{folder} was not found under {data_root} and could not be downloaded "
-                        f"({type(err).__name__}); put the python-pickle release there "
-                        f"(<root>/{folder}/) or pass --data-root DIR") from None
-
-
-@DATASETS.register("cifar10")
-def cifar10(data_root: Path) -> ImageDataset:
-    """CIFAR-10 (torchvision, md5-checked python pickles under --data-root/cifar-10-batches-py)."""
-    train, test, names = _torchvision_cifar("CIFAR10", "cifar-10-batches-py", data_root)
-    return ImageDataset("cifar10", train, test, 10, mean=(0.4914, 0.4822, 0.4465),
-                        std=(0.2470, 0.2435, 0.2616), class_names=names)
-
-
-@DATASETS.register("cifar100")
-def cifar100(data_root: Path) -> ImageDataset:
-    """CIFAR-100 (torchvision, md5-checked python pickles under --data-root/cifar-100-python)."""
-    train, test, names = _torchvision_cifar("CIFAR100", "cifar-100-python", data_root)
-    return ImageDataset("cifar100", train, test, 100, mean=(0.5071, 0.4865, 0.4409),
-                        std=(0.2673, 0.2564, 0.2762), class_names=names)
-
-
+from . import cifar  # noqa: E402,F401  registers "cifar10" and "cifar100"
 from . import cub  # noqa: E402,F401  registers "cub200"
