@@ -99,11 +99,12 @@ def _run(args: argparse.Namespace) -> None:
     outcome = run(req, lock=_results_lock(args.results_dir))
     if not distributed.is_main():
         return
+    headline = sorted(outcome.measurements, key=lambda m: len(m.cell))  # aggregates first
     rows = [[m.metric, " ".join(f"{k}={v}" for k, v in m.cell.items()), f"{m.value:.4f}", m.n]
-            for m in outcome.measurements]
+            for m in headline]
     print(tabulate(rows[:40], ["metric", "cell", "value", "n"], tablefmt="simple"))
     if len(rows) > 40:
-        print(f"... {len(rows) - 40} more rows")
+        print(f"... {len(rows) - 40} more rows in the results file")
     with _results_lock(args.results_dir):
         written = leaderboard.write(args.results_dir)
     print(f"results: {outcome.csv_path}")

@@ -153,6 +153,15 @@ def test_tenet_iterations_make_two_updates_and_others_one(step, expected):
         assert set(updates[1]) == {"tenet_ce", "orth"} and updates[1]["orth"] > 0
 
 
+def test_warmup_is_capped_at_a_fraction_of_short_runs():
+    assert Tenet().warmup(39_200) == 500  # the reference's CIFAR run: its 500 steps
+    assert Tenet().warmup(315) == 31  # the digits default run: 10 % of it
+    model = make_model()
+    method = tenet(every=3)  # defaults: 500 warm-up steps, capped at 10 of context()'s 100
+    assert len(drive(method, model, labelled_batch(model, range(8)), context(9))) == 1
+    assert len(drive(method, model, labelled_batch(model, range(8)), context(12))) == 2
+
+
 def test_every_step_after_warmup_zero():
     model = make_model()
     for step in range(3):
@@ -212,7 +221,7 @@ def test_same_seed_gives_bit_identical_losses():
         history = []
         for step in range(3):
             batch = labelled_batch(model, range(6), seed=step)
-            ctx = StepContext(step, 0, 3, 3, 4, ctx_rng, torch.device("cpu"))
+            ctx = StepContext(step, 0, 3, 30, 4, ctx_rng, torch.device("cpu"))
             history += drive(method, model, batch, ctx)
         return history
 
