@@ -31,7 +31,9 @@ def _step_timer(name: str, dataset, recipe: Recipe, device: torch.device) -> Cal
         for _ in range(n):
             index = torch.randint(len(x_all), (recipe.batch_size,), generator=data_rng).to(device)
             x = augment(x_all[index], recipe, data_rng).float() / 255
-            ctx = StepContext(state["step"], 0, 100, 10_000, dataset.num_classes, rng, device)
+            # mid-run (step 10,000 of 20,000): past any warm-up, so a method's steady-state cost
+            ctx = StepContext(10_000 + state["step"], 100, 100, 20_000, dataset.num_classes, rng,
+                              device)
             model.train()
             batch = method.train_transform(Batch(x, y_all[index]), ctx)
             for losses in as_updates(method.training_step(model, batch, ctx)):
