@@ -17,8 +17,8 @@ displaced pixel onto the current one and leaves the displaced pixel unchanged; s
 of liquid values above 1.0 wraps modulo 256 (what the cast does on x86, made explicit here); the
 zoom factors come from float `np.arange` (e.g. 7 factors for CIFAR zoom blur severity 1).
 
-Needs the `corruptions` extra (`pip install robustbench-lite[corruptions]`): OpenCV, scikit-image,
-and the frost pictures shipped by `imagecorruptions`.
+Needs OpenCV, scikit-image and the frost pictures shipped by `imagecorruptions` (dependencies of the
+package, also named by the `corruptions` extra for an install that lacks them).
 """
 
 from __future__ import annotations
