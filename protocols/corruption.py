@@ -5,9 +5,10 @@ Perturbations" (ICLR 2019) <https://arxiv.org/abs/1903.12261>.
 
 Data: the canonical release under --data-root when present (cifar10 -> CIFAR-10-C, cifar100 ->
 CIFAR-100-C, tinyimagenet -> Tiny-ImageNet-C, imagenet -> ImageNet-C), otherwise the test split
-corrupted on the fly by a named backend with the parameter table of the nearest image size
-(`bench/corruptions.py`), cached under --cache-dir in the CIFAR-C layout. Generated sets use a fixed
-seed (`seed`), so every method and run seed sees the same corrupted images.
+corrupted on the fly by a named backend (the batched engine by default, or the per-image reference)
+with the parameter table of the nearest image size (`bench/corruptions.py`), cached under
+--cache-dir in the CIFAR-C layout. Generated sets use a fixed seed (`seed`), so every method and run
+seed sees the same corrupted images.
 
 Headline numbers use the 15 benchmark corruptions; the 4 extra ones are reported apart. mCE and
 relative mCE are normalised by a named reference (`reference`): a published AlexNet table, or the
@@ -56,7 +57,7 @@ class CorruptionConfig:
     corruptions: str = "all"  # all | benchmark | extra | comma-separated names
     severities: tuple[int, ...] = SEVERITIES  # severities evaluated (mCE needs all five)
     n_examples: int = 0  # test images per cell (first N; evenly spaced for folders); 0 = all
-    backend: str = "reference"  # generator of on-the-fly sets (bench/corruptions.py BACKENDS)
+    backend: str = "engine"  # generator of on-the-fly sets: engine (batched) | reference (per image)
     reference: str = AUTO  # alexnet_imagenet | alexnet_cifar10_pushpull | a method name | auto
     seed: int = 0  # seed of generated sets (independent of the run seed)
     figure: bool = True  # write the severity-curve PNG under <results>/figures/
