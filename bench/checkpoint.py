@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomic
 from .errors import UserError
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to `path` through a temporary file and an atomic rename."""
+    """Write `state` to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda handle: torch.save(state, handle), hint="pass a writable --cache-dir")
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:

@@ -20,7 +20,6 @@ import hashlib
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from filelock import FileLock
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
 from .config import stable_hash
 from .corruptions import SEVERITIES, CorruptionTable, image_seed, load_backend
 from .data import Split
@@ -250,14 +250,4 @@ def _fingerprint(clean: Split, table: CorruptionTable, backend: str, version: in
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda handle: np.save(handle, array), hint="pass a writable --cache-dir")

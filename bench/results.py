@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import write_atomic
 from .errors import UserError
 from .protocol import Measurement
 
@@ -99,21 +98,9 @@ def write_run(results_dir: Path, info: RunInfo, measurements: list[Measurement],
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise UserError(f"cannot write to {path.parent} ({err.strerror}); "
-                        f"pass a writable --results-dir") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write `text` to `path` atomically (a results or leaderboard file)."""
+    write_atomic(path, lambda handle: handle.write(text), "w", hint="pass a writable --results-dir",
+                 encoding="utf-8", newline="")
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:

@@ -1,0 +1,31 @@
+"""Atomic file writes: a temporary file in the target's folder, flushed to disk, then renamed over
+the target, so a reader sees the old file or the new one and never a partial one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import UserError
+
+
+def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb", hint: str = "",
+                 **open_kwargs) -> None:
+    """Call `write(handle)` on a temporary file next to `path`, then rename it onto `path`.
+    A folder where no file can be created is a UserError ending with `hint` (the fix)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write to {path.parent} ({err.strerror}); {hint}") from None
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
