@@ -1,0 +1,87 @@
+"""Counter-based random streams, one per image: the k-th value of stream s for image i is a hash of
+(seed_i, s, k), so a corrupted image depends on its own seed only, never on its batch or device.
+
+The hash is lowbias32 (C. Wellons, "Prospecting for hash functions", 2018) computed on int32
+tensors, whose products wrap modulo 2**32 on CPU and CUDA alike: one hash costs about ten
+element-wise integer passes, and every pass is in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_MASK = 0xFFFFFFFF
+
+
+def _signed(value: int) -> int:
+    """The int32 with the bits of the unsigned 32-bit `value`."""
+    value &= _MASK
+    return value - 2**32 if value >= 2**31 else value
+
+
+_GOLDEN, _M1, _M2 = _signed(0x9E3779B9), _signed(0x7FEB352D), _signed(0x846CA68B)
+
+
+def shr(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int32 `x` read as unsigned (a new tensor)."""
+    return (x >> bits).bitwise_and_((1 << (32 - bits)) - 1)
+
+
+def mix(x: Tensor) -> Tensor:
+    """lowbias32 of every value of int32 `x`, in place."""
+    x ^= shr(x, 16)
+    x *= _M1
+    x ^= shr(x, 15)
+    x *= _M2
+    x ^= shr(x, 16)
+    return x
+
+
+class Streams:
+    """Random values for a batch: `seeds[i]` keys image i; a stream number keys a use."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        keys = [int(s) % 2**63 for s in seeds]
+        self.seeds = keys
+        self.device = torch.device(device)
+        self._low = torch.tensor([_signed(k) for k in keys], dtype=torch.int32, device=self.device)
+        self._high = torch.tensor([k >> 32 for k in keys], dtype=torch.int32, device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def bits(self, stream: int, count: int) -> Tensor:
+        """(N, count) int32 hashes, all 32 bits random."""
+        key = mix(mix(self._low ^ _signed(stream * 0x9E3779B9)) ^ self._high)[:, None]
+        counter = torch.arange(count, device=self.device, dtype=torch.int32).mul_(_GOLDEN)
+        return mix(counter + key)
+
+    def uniform(self, stream: int, shape: tuple[int, ...], low: float = 0.0, high: float = 1.0) -> Tensor:
+        """(N, *shape) float32 uniform in [low, high), 24 random bits each."""
+        unit = shr(self.bits(stream, math.prod(shape)), 8).float().mul_((high - low) / 2**24)
+        return unit.add_(low).view(-1, *shape)
+
+    def normal(self, stream: int, shape: tuple[int, ...]) -> Tensor:
+        """(N, *shape) float32 standard normal: Box-Muller on the two 16-bit halves of a hash gives
+        two values (tails stop near 4.7 sigma)."""
+        count = math.prod(shape)
+        bits = self.bits(1000 + stream, (count + 1) // 2)
+        radius = shr(bits, 16).float().add_(0.5).mul_(1 / 2**16).log_().mul_(-2).sqrt_()
+        angle = bits.bitwise_and_(0xFFFF).float().mul_(2 * math.pi / 2**16)
+        values = torch.cat([radius * angle.cos(), radius.mul_(angle.sin_())], 1)
+        return values[:, :count].reshape(-1, *shape)
+
+    def fields(self, stream: int, count: int, width: int) -> Tensor:
+        """(N, count) int64 uniform in [0, 2**width), width <= 16: two values per hash."""
+        bits = self.bits(stream, (count + 1) // 2)
+        high, low = shr(bits, 32 - width), shr(bits, 16 - width).bitwise_and_((1 << width) - 1)
+        return torch.cat([high, low], 1)[:, :count].long()
+
+    def integers(self, stream: int, shape: tuple[int, ...], low: int, high: int) -> Tensor:
+        """(N, *shape) int64 uniform in [low, high)."""
+        bits = self.bits(stream, math.prod(shape)).long().bitwise_and_(_MASK)
+        return bits.remainder_(high - low).add_(low).view(-1, *shape)

@@ -1,0 +1,50 @@
+"""Filters as matrices equal scipy's and OpenCV's filters, border rules included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robustbench_lite.bench import corruption_reference as ref
+from robustbench_lite.bench import filter_matrices as fm
+
+cv2 = pytest.importorskip("cv2")
+ndimage = pytest.importorskip("scipy.ndimage")
+
+
+@pytest.mark.parametrize("border, mode", [("nearest", "nearest"), ("symmetric", "reflect"),
+                                          ("reflect101", "mirror")])
+def test_separable_gaussian_equals_scipy(border, mode):
+    x = np.random.default_rng(0).random((2, 3, 11, 7))
+    for sigma in (0.4, 1.0, 6.0):  # radius 24 > side: the border rule folds more than once
+        ours = fm.gaussian(torch.from_numpy(x).float(), sigma, border).numpy()
+        theirs = ndimage.gaussian_filter(x, (0, 0, sigma, sigma), mode=mode, truncate=4.0)
+        assert np.abs(ours - theirs).max() < 1e-5, (border, sigma)
+
+
+def test_kernel_filter_equals_opencv_filter2d():
+    rng = np.random.default_rng(1)
+    image = rng.random((13, 10)).astype(np.float32)
+    for kernel in (ref._disk_kernel(1.5, 0.1), ref._disk_kernel(6, 0.5), rng.random((5, 5))):
+        ours = fm.kernel_filter(tuple(map(tuple, kernel.tolist())), 13, 10, "reflect101")(
+            torch.from_numpy(image)[None, None])
+        theirs = cv2.filter2D(image, -1, kernel.astype(np.float32))
+        assert np.abs(ours[0, 0].numpy() - theirs).max() < 1e-5
+
+
+def test_clipped_zoom_matrix_equals_the_reference_zoom():
+    x = np.random.default_rng(2).random((32, 32, 3))
+    for factor in (1.01, 1.16, 1.75, 2.25):
+        zh = fm.clipped_zoom(32, factor).double().numpy()
+        ours = np.einsum("ia,abc,jb->ijc", zh, x, zh)
+        assert np.abs(ours - ref._clipped_zoom(x, factor)).max() < 1e-6, factor
+
+
+def test_many_terms_run_as_one_dense_product():
+    terms = [(fm.clipped_zoom(16, z), fm.clipped_zoom(16, z)) for z in (1.0, 1.1, 1.2, 1.3)]
+    dense, loop = fm.SeparableSum(terms), fm.SeparableSum(terms[:2])
+    assert dense.dense is not None and loop.dense is None
+    x = torch.rand(2, 3, 16, 16)
+    by_terms = sum(fm.separable(x, r, c) for r, c in terms)
+    assert torch.allclose(dense(x), by_terms, atol=1e-5)

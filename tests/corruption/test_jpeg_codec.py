@@ -1,0 +1,30 @@
+"""The batched JPEG round trip equals libjpeg's (torchvision's, the same as Pillow's) bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.io import decode_jpeg, encode_jpeg
+
+from robustbench_lite.bench.jpeg_codec import round_trip
+
+from corruption_helpers import colour_images
+
+
+def _libjpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    return torch.stack(decode_jpeg(encode_jpeg(list(images), quality=quality)))
+
+
+@pytest.mark.parametrize("quality", [95, 80, 58, 40, 15, 7])
+def test_equals_libjpeg(quality):
+    natural = torch.from_numpy(colour_images(16, seed=quality)).permute(0, 3, 1, 2).contiguous()
+    noise = torch.randint(0, 256, (16, 3, 48, 32), generator=torch.Generator().manual_seed(quality),
+                          dtype=torch.uint8)
+    for images in (natural, noise):
+        assert torch.equal(round_trip(images, quality), _libjpeg(images, quality))
+
+
+@pytest.mark.parametrize("h, w", [(30, 27), (17, 9), (31, 32), (2, 3), (1, 1)])
+def test_partial_blocks_are_padded_as_libjpeg_pads_them(h, w):
+    images = torch.from_numpy(colour_images(4, seed=h * w)).permute(0, 3, 1, 2)[..., :h, :w].contiguous()
+    assert torch.equal(round_trip(images, 50), _libjpeg(images, 50))
