@@ -96,31 +96,22 @@ def _disk_kernel(radius: float, alias_blur: float) -> tuple[tuple[float, ...], .
     return tuple(map(tuple, out[0, 0].tolist()))
 
 
-_TAP_CHUNK = 2**25  # gathered values held at once by the motion blur
-
-
 def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
     """ImageMagick-style motion blur of (N, C, H, W) `x`, image i along `angles[i]` (degrees):
-    out(y, x) = sum_t k_t x(y + round(t sin a), x + round(t cos a)), border clamped. The taps are
-    gathered together (in chunks on large images) and summed by one matrix product."""
+    out(y, x) = sum_t k_t x(y + round(t sin a), x + round(t cos a)), border clamped. Each tap picks
+    one shifted window per image from a view of all windows of the edge-padded batch."""
     n, c, h, w = x.shape
-    dev = x.device
-    taps = torch.arange(2 * int(radius) + 1, device=dev, dtype=torch.float64)
+    taps = torch.arange(2 * int(radius) + 1, device=x.device, dtype=torch.float64)
     weights = torch.exp(-(taps ** 2) / (2.0 * sigma ** 2))
-    weights = (weights / weights.sum()).float()
     theta = torch.deg2rad(angles.double())[:, None]
-    dy = torch.ceil(taps * torch.sin(theta) - 0.5).long()  # (N, T)
-    dx = torch.ceil(taps * torch.cos(theta) - 0.5).long()
-    rows = (torch.arange(h, device=dev) + dy[..., None]).clamp_(0, h - 1)  # (N, T, H)
-    cols = (torch.arange(w, device=dev) + dx[..., None]).clamp_(0, w - 1)  # (N, T, W)
-    index = (rows[..., None] * w + cols[..., None, :]).view(n, 1, len(taps), h * w)
-    flat, out = x.reshape(n, c, h * w), 0
-    step = max(1, _TAP_CHUNK // x.numel())
-    for lo in range(0, len(taps), step):
-        chunk = index[:, :, lo:lo + step]
-        shifted = torch.gather(flat, 2, chunk.flatten(2).expand(-1, c, -1))
-        out = out + weights[lo:lo + step] @ shifted.view(n, c, chunk.shape[2], h * w)
-    return out.view(n, c, h, w)
+    pad = len(taps) - 1
+    dy = torch.ceil(taps * torch.sin(theta) - 0.5).long() + pad  # (N, T), into the padded image
+    dx = torch.ceil(taps * torch.cos(theta) - 0.5).long() + pad
+    windows = F.pad(x, (pad,) * 4, mode="replicate").unfold(2, h, 1).unfold(3, w, 1)
+    images, out = torch.arange(n, device=x.device), torch.zeros_like(x)
+    for t, weight in enumerate((weights / weights.sum()).tolist()):
+        out.add_(windows[images, :, dy[:, t], dx[:, t]], alpha=weight)
+    return out
 
 
 @functools.cache
@@ -325,15 +316,19 @@ def frost(images, params, noise, table):
 
 
 def _plasma_fractal(noise: Streams, size: int, wibble_decay: float) -> Tensor:
-    """(N, size, size) diamond-square height maps in [0, 1], one per image."""
+    """(N, size, size) diamond-square height maps in [0, 1], one per image: the generators' jitter
+    wibble * U(-wibble, wibble), its size**2 - 1 values drawn at once and used level by level."""
     n = len(noise)
     grid = torch.zeros(n, size, size, device=noise.device)
-    step, wibble, stream = size, 100.0, 0
+    draws = noise.uniform(1, (size * size,), -1, 1)
+    step, wibble, used = size, 100.0, 0
 
     def jitter(total: Tensor) -> Tensor:
-        nonlocal stream
-        stream += 1
-        return total / 4 + wibble * noise.uniform(stream, tuple(total.shape[1:]), -wibble, wibble)
+        nonlocal used
+        count = total[0].numel()
+        values = draws[:, used:used + count].view_as(total)
+        used += count
+        return (total / 4).add_(values, alpha=wibble * wibble)
 
     while step >= 2:
         half = step // 2
@@ -345,11 +340,8 @@ def _plasma_fractal(noise: Streams, size: int, wibble_decay: float) -> Tensor:
         grid[:, 0::step, half::step] = jitter(centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
         grid[:, half::step, 0::step] = jitter(centres + centres.roll(1, 2) + corners + corners.roll(-1, 1))
         step, wibble = half, wibble / wibble_decay
-    low = grid.amin((1, 2), keepdim=True)
-    grid = grid - low
+    grid -= grid.amin((1, 2), keepdim=True)
     return grid / grid.amax((1, 2), keepdim=True)
-
-
 
 
 def fog(images, params, noise, table):
@@ -455,22 +447,19 @@ _WATER = (175, 238, 238)
 _MUD = (63, 42, 20)
 
 
-def _min3(x: Tensor) -> Tensor:
-    """The minimum over each pixel's 3x3 neighbourhood (inside the image)."""
-    padded = F.pad(x, (1, 1, 1, 1), value=float("inf"))
-    rows = torch.minimum(torch.minimum(padded[..., :-2, :], padded[..., 1:-1, :]), padded[..., 2:, :])
-    return torch.minimum(torch.minimum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
-
-
 def _chessboard_distance(edges: Tensor, limit: int = 20) -> Tensor:
-    """Chessboard distance of every pixel to the nearest edge pixel, at most `limit`."""
-    distance = torch.where(edges, 0.0, float(limit))
+    """Chessboard distance of every pixel of (..., H, W) boolean `edges` to the nearest edge
+    pixel, at most `limit`: 3x3 minima + 1, repeated until nothing changes (uint8 throughout)."""
+    distance = torch.where(edges, 0, limit).to(torch.uint8)
     for _ in range(limit):
-        nearer = torch.minimum(distance, _min3(distance) + 1)
+        padded = F.pad(distance, (1, 1, 1, 1), value=limit)
+        rows = torch.minimum(torch.minimum(padded[..., :-2, :], padded[..., 1:-1, :]), padded[..., 2:, :])
+        nearer = torch.minimum(torch.minimum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:]).add_(1)
+        nearer = torch.minimum(nearer, distance)
         if torch.equal(nearer, distance):
             break
         distance = nearer
-    return distance
+    return distance.float()
 
 
 def spatter(images, params, noise, table):
@@ -493,7 +482,7 @@ def spatter(images, params, noise, table):
         peak = mask.amax((1, 2, 3), keepdim=True)
         mask = torch.where(peak > 0, mask / torch.where(peak > 0, peak, 1.0) * intensity, mask)
         colour = torch.tensor(_WATER, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return x + mask * colour
+        return torch.addcmul(x, mask, colour)
     mask = fm.gaussian((liquid > threshold).float(), intensity)
     mask = torch.where(mask < 0.8, 0.0, mask)
     colour = torch.tensor(_MUD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

@@ -82,6 +82,5 @@ class Streams:
         return torch.cat([high, low], 1)[:, :count].long()
 
     def integers(self, stream: int, shape: tuple[int, ...], low: int, high: int) -> Tensor:
-        """(N, *shape) int64 uniform in [low, high)."""
-        bits = self.bits(stream, math.prod(shape)).long().bitwise_and_(_MASK)
-        return bits.remainder_(high - low).add_(low).view(-1, *shape)
+        """(N, *shape) int64 uniform in [low, high) (for ranges far below 2**24)."""
+        return self.uniform(stream, shape, 0, high - low).floor_().long().add_(low)
