@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from . import distributed, leaderboard, suite, sweep
 from .backbones import BACKBONES
+from .cache import default_cache_dir
 from .config import parse_overrides
 from .data import DATASETS
 from .errors import UserError
@@ -21,10 +22,6 @@ from .protocol import PROTOCOLS
 from .recipes import PRESET_DESCRIPTIONS
 from .runner import RunRequest, run
 from .train import pick_device
-
-
-def _default_cache() -> Path:
-    return Path(os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite"))
 
 
 def _add_run_options(p: argparse.ArgumentParser, set_help: str) -> None:
@@ -93,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     distributed.init_from_env(use_cuda=pick_device(args.device).type == "cuda")  # under torchrun
     req = RunRequest(args.method, args.protocol, args.dataset, args.preset, args.seed,
-                     args.data_root, args.results_dir, args.cache_dir or _default_cache(),
+                     args.data_root, args.results_dir, args.cache_dir or default_cache_dir(),
                      parse_overrides(args.overrides), args.backbone, args.device,
                      progress=not args.no_progress and distributed.is_main())
     outcome = run(req, lock=_results_lock(args.results_dir))
@@ -203,7 +200,7 @@ def _sweep(args: argparse.Namespace) -> int:
     options = sweep.Options(args.executor, args.workers, args.cpus_per_job, args.retries,
                             args.ray_address, args.slurm_partition, args.gpus_per_node,
                             args.timeout_min)
-    summary = sweep.run_sweep(grid, options, args.results_dir, args.cache_dir or _default_cache(),
+    summary = sweep.run_sweep(grid, options, args.results_dir, args.cache_dir or default_cache_dir(),
                               args.data_root, args.device, progress=not args.no_progress,
                               lock=_results_lock(args.results_dir))
     for line in summary.report():

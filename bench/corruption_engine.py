@@ -90,7 +90,7 @@ def _disk_kernel(radius: float, alias_blur: float) -> tuple[tuple[float, ...], .
     grid = torch.arange(-extent, extent + 1, dtype=torch.float64)
     disk = ((grid[None] ** 2 + grid[:, None] ** 2) <= radius ** 2).double()
     disk = disk / disk.sum()
-    g = torch.tensor(fm.gaussian_taps(alias_blur, (ksize // 2) / alias_blur), dtype=torch.float64)
+    g = torch.tensor(fm.gaussian_kernel(alias_blur, ksize // 2), dtype=torch.float64)
     padded = F.pad(disk[None, None], (ksize // 2,) * 4, mode="reflect")
     out = F.conv2d(padded, (g[:, None] * g[None])[None, None])
     return tuple(map(tuple, out[0, 0].tolist()))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
+from .cache import default_cache_dir
 from .data import DATASETS, ImageDataset, Split
 from .errors import UserError
 
@@ -152,8 +153,7 @@ def fingerprint(root: Path, index: CubIndex, size: int) -> str:
 
 
 def dataset_cache_dir() -> Path:
-    base = os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite")
-    return Path(base) / "datasets"
+    return default_cache_dir() / "datasets"
 
 
 def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE) -> np.ndarray:
@@ -173,19 +173,12 @@ def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE) -> np.n
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
+    """Cache the decoded images; a cache folder that cannot be written is only a warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        log.warning("not caching decoded CUB images in %s (%s)", path.parent, err.strerror)
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        write_atomic(path, lambda handle: np.save(handle, array), hint="decoding again next time")
+    except (OSError, UserError) as err:
+        log.warning("not caching decoded CUB images in %s (%s)", path.parent, err)
 
 
 @DATASETS.register("cub200")

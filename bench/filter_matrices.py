@@ -48,14 +48,18 @@ def separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 @functools.cache
-def gaussian_taps(sigma: float, truncate: float) -> tuple[float, ...]:
-    """scipy's Gaussian kernel: radius int(truncate * sigma + 0.5), normalised."""
-    radius = int(truncate * sigma + 0.5)
+def gaussian_kernel(sigma: float, radius: int) -> tuple[float, ...]:
+    """Normalised exp(-t^2 / 2 sigma^2) for t in [-radius, radius]."""
     if radius == 0:
         return (1.0,)
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * taps ** 2 / sigma ** 2)
     return tuple((weights / weights.sum()).tolist())
+
+
+def gaussian_taps(sigma: float, truncate: float) -> tuple[float, ...]:
+    """scipy's Gaussian kernel: radius int(truncate * sigma + 0.5)."""
+    return gaussian_kernel(sigma, int(truncate * sigma + 0.5))
 
 
 def gaussian(x: Tensor, sigma: float, border: str = "nearest", truncate: float = 4.0) -> Tensor:

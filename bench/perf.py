@@ -124,7 +124,6 @@ def fidelity_gaps(model, test, **kwargs) -> dict[str, float]:
 
 
 def _images_per_second(fn, images, min_seconds: float = 0.5) -> float:
-    fn(images)  # warm up (caches, lazy imports)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:
         fn(images)
@@ -172,17 +171,15 @@ def _imagecorruptions_rate(name: str, severity: int, images: torch.Tensor) -> fl
 def _fidelity_model():
     """ERM on digits with the smoke recipe (from the model cache), and the digits test split."""
     import logging
-    import os
-    from pathlib import Path
 
+    from .cache import default_cache_dir
     from .recipes import recipe_for
     from .train import trained_model
 
     logging.getLogger("robustbench_lite").setLevel(logging.WARNING)
     data = load_dataset("digits", "data")
     job = TrainJob(METHODS.get("erm")(), "erm", data, recipe_for("smoke", "digits"), seed=0)
-    cache = Path(os.environ.get("RBL_CACHE", Path.home() / ".cache" / "robustbench-lite"))
-    return trained_model(job, torch.device("cpu"), cache, progress=False), data.test
+    return trained_model(job, torch.device("cpu"), default_cache_dir(), progress=False), data.test
 
 
 @section("engine")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from .errors import UserError
 from .method import METHODS
 from .protocol import PROTOCOLS
 from .results import CELL_KEYS, load_runs
-from .runner import RunRequest, run
 
 KEY = ("method", "protocol", "dataset", "backbone", "preset", "seed", "metric", *CELL_KEYS)
 
@@ -40,17 +38,6 @@ class Suite:
     protocols: tuple[str, ...] = ()  # empty: every built-in protocol
     protocol_settings: dict[str, dict[str, str]] = field(default_factory=dict)
     method_settings: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def requests(self, results_dir: Path, cache_dir: Path) -> Iterator[RunRequest]:
-        for method in self.methods or _builtins(METHODS):
-            for protocol in self.protocols or _builtins(PROTOCOLS):
-                for seed in self.seeds:
-                    overrides = {**self.method_settings.get(method, {}),
-                                 **{f"protocol.{k}": v for k, v in
-                                    self.protocol_settings.get(protocol, {}).items()}}
-                    yield RunRequest(method, protocol, self.dataset, self.preset, seed,
-                                     results_dir=results_dir, cache_dir=cache_dir,
-                                     overrides=overrides, progress=False)
 
     def grid(self):
         """The suite as a sweep grid, each setting scoped to its method or protocol."""
