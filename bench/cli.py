@@ -1,4 +1,4 @@
-"""Command line: `robustbench-lite run | list | leaderboard`."""
+"""Command line: `robustbench-lite run | list | leaderboard | check | sweep | perf`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from filelock import FileLock
 from tabulate import tabulate
 
-from . import distributed, leaderboard, suite, sweep
+from . import distributed, golden, leaderboard, suite, sweep
 from .backbones import BACKBONES
 from .cache import default_cache_dir
 from .config import parse_overrides
@@ -80,9 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per Slurm job")
     p.add_argument("--timeout-min", type=int, default=24 * 60, help="Slurm time limit per job")
 
-    p = sub.add_parser("check", help="re-run the ci suite and compare with the golden numbers")
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--update", action="store_true", help="make the new numbers the golden ones")
+    p = sub.add_parser("check", help="measure the ci suite on the golden models and compare "
+                                     "with the golden numbers and training probes")
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="folder holding the golden set (<results-dir>/golden)")
+    p.add_argument("--update", action="store_true",
+                   help="make a new golden set (trains only models the old one lacks)")
+    p.add_argument("--retrain", action="store_true", help="with --update: train every model anew")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="suite jobs at once (default: min(2, cores))")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per job (default: cores / workers)")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -145,8 +153,11 @@ def _results_lock(results_dir: Path) -> FileLock:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
+    golden_set = golden.golden_dir(args.results_dir)
+    extra = [golden_set] if (golden_set / "runs").is_dir() else []  # its own leaderboards
     if args.check:
         changed = leaderboard.stale(args.results_dir, args.readme)
+        changed += [path for folder in extra for path in leaderboard.stale(folder)]
         for path in changed:
             print(f"stale: {path}")
         if changed:
@@ -156,29 +167,28 @@ def _leaderboard(args: argparse.Namespace) -> int:
         return 0
     with _results_lock(args.results_dir):
         written = leaderboard.write(args.results_dir, args.readme)
-    print(f"wrote {len(written)} leaderboard files under {args.results_dir / 'leaderboards'}")
+        written += [path for folder in extra for path in leaderboard.write(folder)]
+    print(f"wrote {len(written)} leaderboard files under {args.results_dir}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError("--workers and --threads must be >= 1")
+    if args.retrain and not args.update:
+        raise UserError("--retrain only makes sense with --update")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    workers = suite.Workers(args.workers, threads)
     if args.update:
-        count = suite.update(args.results_dir, progress=not args.no_progress)
-        with _results_lock(args.results_dir):
-            leaderboard.write(args.results_dir, Path("README.md"))
-        print(f"golden numbers updated: {count} runs under {args.results_dir / 'runs'}")
+        made = golden.update(args.results_dir, workers=workers, retrain=args.retrain,
+                             progress=not args.no_progress)
+        print(f"golden set updated: {len(made['files'])} models, "
+              f"{args.results_dir / golden.FOLDER}")
         return 0
-    if suite.golden_rows(args.results_dir).empty:
-        raise UserError(f"no golden numbers under {args.results_dir / 'runs'}; "
-                        f"create them with `robustbench-lite check --update`")
-    mismatches = suite.check(args.results_dir, progress=not args.no_progress)
-    for m in mismatches:
-        print(m.line())
-    if mismatches:
-        print(f"{len(mismatches)} numbers drifted from the golden ones "
-              f"(method / protocol / metric / cell / expected / got)")
-        return 1
-    print("all ci-suite numbers match the golden ones")
-    return 0
+    report = golden.check(args.results_dir, workers=workers, progress=not args.no_progress)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
 
 
 def _perf(args: argparse.Namespace) -> None:

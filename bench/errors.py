@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class DivergedError(UserError):
     """Training produced a non-finite loss."""
+
+
+class MissingModelError(UserError):
+    """A model that was to be measured, not trained, is not in the cache."""

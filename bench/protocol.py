@@ -20,7 +20,7 @@ from .data import ImageDataset, Split
 from .method import Method
 from .recipes import Recipe
 from .registry import Registry
-from .train import TrainJob, trained_model
+from .train import TrainJob, cached_model_path, trained_model
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,17 @@ class RunContext:
     data_root: Path
     results_dir: Path
     progress: bool = True
+    train_missing: bool = True  # False: a model missing from the cache is an error (golden check)
+    provenance: dict[str, Any] = field(default_factory=dict)  # facts the protocol adds to the sidecar
 
     def train(self, split: Split | None = None, recipe: Recipe | None = None,
               **backbone_kwargs) -> nn.Module:
         """The method trained on `split` (default: the training split), from the cache if present."""
         job = TrainJob(self.method, self.method_name, self.dataset, recipe or self.recipe,
                        self.seed, split, backbone_kwargs or None)
-        return trained_model(job, self.device, self.cache_dir, self.progress)
+        model = trained_model(job, self.device, self.cache_dir, self.progress, self.train_missing)
+        self.provenance.setdefault("models", []).append(cached_model_path(job, self.cache_dir).name)
+        return model
 
 
 class Protocol:
@@ -78,6 +82,13 @@ class Protocol:
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         raise NotImplementedError
+
+    def derived(self, rows: pd.DataFrame, provenance: dict[str, dict]
+                ) -> tuple[pd.DataFrame, list[str]]:
+        """Rows computed at leaderboard time from several runs (e.g. mCE against a baseline run, so
+        the order in which runs were made does not matter), in the run-file columns, and footnotes
+        on what could not be computed; `provenance` maps run ids to their sidecars. None by default."""
+        return rows.iloc[:0], []
 
     def leaderboard_columns(self, rows: pd.DataFrame) -> list[Column]:
         """Columns of the leaderboard for these result rows (default: the static `columns`)."""

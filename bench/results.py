@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
+from . import environment
 from .atomic import write_atomic
 from .errors import UserError
 from .protocol import Measurement
@@ -24,7 +23,6 @@ from .protocol import Measurement
 CELL_KEYS = ("corruption", "severity", "attack", "epsilon", "shots", "subset_seed", "reference")
 COLUMNS = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric", *CELL_KEYS,
            "value", "n", "seed", "config_hash", "method_config", "versions", "timestamp")
-_LIBRARIES = ("robustbench-lite", "torch", "torchvision", "numpy")
 
 
 @dataclass(frozen=True)
@@ -47,14 +45,8 @@ class RunInfo:
 
 
 def library_versions() -> str:
-    """'robustbench-lite=0.1.0;torch=...;...;python=3.11.7'."""
-    parts = []
-    for name in _LIBRARIES:
-        try:
-            parts.append(f"{name}={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{name}=none")
-    return ";".join([*parts, f"python={platform.python_version()}"])
+    """'robustbench-lite=0.2.0;torch=...;...;python=3.11.7'."""
+    return ";".join(f"{name}={version}" for name, version in environment.versions().items())
 
 
 def run_frame(info: RunInfo, measurements: list[Measurement], timestamp: str | None = None
@@ -78,7 +70,7 @@ def run_frame(info: RunInfo, measurements: list[Measurement], timestamp: str | N
 
 
 def write_run(results_dir: Path, info: RunInfo, measurements: list[Measurement],
-              provenance: dict) -> Path:
+              provenance: dict, timestamp: str | None = None) -> Path:
     """Write the run's CSV and JSON sidecar atomically; returns the CSV path."""
     folder = results_dir / "runs" / info.protocol
     try:
@@ -86,7 +78,7 @@ def write_run(results_dir: Path, info: RunInfo, measurements: list[Measurement],
     except OSError as err:
         raise UserError(f"cannot create results folder {folder} ({err.strerror}); "
                         f"pass a writable --results-dir") from None
-    frame = run_frame(info, measurements)
+    frame = run_frame(info, measurements, timestamp)
     csv_path = folder / f"{info.run_id}.csv"
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, lineterminator="\n")
@@ -101,6 +93,15 @@ def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (a results or leaderboard file)."""
     write_atomic(path, lambda handle: handle.write(text), "w", hint="pass a writable --results-dir",
                  encoding="utf-8", newline="")
+
+
+def load_provenance(results_dir: Path) -> dict[str, dict]:
+    """Every run's JSON sidecar under `results_dir/runs`, by run id."""
+    out = {}
+    for path in sorted((results_dir / "runs").glob("*/*.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        out[meta.get("run_id", path.stem)] = meta
+    return out
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:

@@ -35,6 +35,7 @@ class RunRequest:
     backbone: str | None = None
     device: str | None = None
     progress: bool = True
+    train_missing: bool = True  # False: measure cached models only (the golden check)
 
 
 @dataclass
@@ -93,7 +94,7 @@ def run_context(req: RunRequest, resolved: ResolvedRun) -> RunContext:
     dataset = load_dataset(req.dataset, req.data_root)
     return RunContext(resolved.method, req.method, dataset, resolved.recipe, req.seed,
                       pick_device(req.device), Path(req.cache_dir), Path(req.data_root),
-                      Path(req.results_dir), req.progress)
+                      Path(req.results_dir), req.progress, req.train_missing)
 
 
 def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) -> RunOutcome:
@@ -109,7 +110,7 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) 
                   config_dict(protocol.config), "recipe": asdict(recipe), "seed": req.seed,
                   "method_source": METHODS.source(req.method), "device": str(ctx.device),
                   "seconds": round(time.time() - started, 1), "command": sys.argv,
-                  "world_size": distributed.world_size()}
+                  "world_size": distributed.world_size(), **ctx.provenance}
     if not distributed.is_main():
         return RunOutcome(info, measurements, None)
     with lock or contextlib.nullcontext():

@@ -95,6 +95,7 @@ class Options:
     slurm_partition: str | None = None
     gpus_per_node: int = 0  # GPUs per Slurm job
     timeout_min: int = 24 * 60  # Slurm time limit per job
+    train_missing: bool = True  # False: only measure models already in the cache (golden check)
 
 
 @dataclass(frozen=True)
@@ -220,12 +221,12 @@ def execute(job: Job) -> str:
 # -------------------------------------------------------------------------------------- planning
 
 def requests(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path("data"),
-             device: str | None = None) -> list[RunRequest]:
+             device: str | None = None, train_missing: bool = True) -> list[RunRequest]:
     """One request per (method, protocol, seed), each with the overrides that apply to it."""
     method_sets, protocol_sets, common = _scoped_overrides(grid)
     return [RunRequest(m, p, grid.dataset, grid.preset, seed, Path(data_root), Path(results_dir),
                        Path(cache_dir), {**common, **method_sets[m], **protocol_sets[p]},
-                       grid.backbone, device, progress=False)
+                       grid.backbone, device, progress=False, train_missing=train_missing)
             for m in grid.methods for seed in grid.seeds for p in grid.protocols]
 
 
@@ -264,7 +265,7 @@ def _fields(config: type) -> set[str]:
 
 
 def plan(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path("data"),
-         device: str | None = None, cpus: int = 1) -> Plan:
+         device: str | None = None, cpus: int = 1, train_missing: bool = True) -> Plan:
     """The jobs still to run: evaluations whose run file is missing, grouped under the training
     job of their (method, seed) unless that model is cached. Bad settings fail here, before any
     job is submitted."""
@@ -276,7 +277,7 @@ def plan(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path(
     # low-data subsets) needs no pre-trained default model.
     uses_default_model = not all(getattr(PROTOCOLS.get(p), "trains_own_models", False)
                                  for p in grid.protocols)
-    for req in requests(grid, results_dir, cache_dir, data_root, device):
+    for req in requests(grid, results_dir, cache_dir, data_root, device, train_missing):
         info = resolve(req).info
         run_file = Path(results_dir) / "runs" / info.protocol / f"{info.run_id}.csv"  # write_run's
         if run_file.exists():
@@ -461,7 +462,8 @@ def run_sweep(grid: Grid, options: Options, results_dir: Path, cache_dir: Path,
     if options.workers < 1 or options.retries < 0:
         raise UserError("--workers must be >= 1 and --retries >= 0")
     cpus = default_cpus(options)
-    todo = plan(grid, Path(results_dir), Path(cache_dir), Path(data_root), device, cpus)
+    todo = plan(grid, Path(results_dir), Path(cache_dir), Path(data_root), device, cpus,
+                options.train_missing)
     summary = Summary(todo.sweep_id, todo.done, [job.name for job in todo.jobs])
     if todo.groups:
         backend = _backend(options, todo.folder, cpus)

@@ -23,7 +23,7 @@ from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_dict, stable_hash
 from .data import ImageDataset, Split
-from .errors import DivergedError, UserError
+from .errors import DivergedError, MissingModelError, UserError
 from .method import Batch, Method, StepContext, as_updates
 from .recipes import Recipe
 from .seeding import generator, seed_everything
@@ -81,8 +81,9 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
-                  progress: bool = True) -> nn.Module:
-    """The trained model for `job`, from the cache when present, else trained (resuming) and cached."""
+                  progress: bool = True, train_missing: bool = True) -> nn.Module:
+    """The trained model for `job`, from the cache when present, else trained (resuming) and cached;
+    with `train_missing=False` a model missing from the cache is a `MissingModelError`."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -98,6 +99,9 @@ def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
             load_weights(model, final, device)
             log.info("reusing trained model %s", final)
             return model.eval()
+        if not train_missing:
+            raise MissingModelError(f"no cached model {final.name} for {job.method_name} "
+                                    f"({job.recipe.epochs} epochs on {len(job.train_split)} images)")
         Trainer(job, model, device, progress).fit(partial)
         if distributed.is_main():
             save_checkpoint(final, {"model": model.state_dict()})
@@ -159,17 +163,26 @@ class Trainer:
             self._save(checkpoint, epoch + 1)
         bar.close()
 
-    def _epoch(self, epoch: int, bar) -> None:
+    def first_steps(self, count: int) -> list[dict[str, Tensor]]:
+        """Run only the first `count` steps of the first epoch, writing nothing; the losses of
+        each step (the golden suite's training probe)."""
+        with tqdm(disable=True) as bar:
+            return self._epoch(0, bar, min(count, self.steps_per_epoch))
+
+    def _epoch(self, epoch: int, bar, steps: int | None = None) -> list[dict[str, Tensor]]:
         order = torch.randperm(len(self.x), generator=self.data_rng).to(self.device)
-        for i in range(self.steps_per_epoch):
+        history = []
+        for i in range(self.steps_per_epoch if steps is None else steps):
             step = epoch * self.steps_per_epoch + i
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
             ctx = StepContext(step, epoch, self.steps_per_epoch, self.total_steps,
                               self.job.dataset.num_classes, self.method_rng, self.device)
             losses = self._step(self._batch(index), ctx)
+            history.append(losses)
             bar.update(1)
             if self.progress and (i + 1 == self.steps_per_epoch or i % 50 == 0):  # .item() syncs
                 bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()}, refresh=False)
+        return history
 
     def _batch(self, index: Tensor) -> Batch:
         x = augment(self.x[index], self.job.recipe, self.data_rng)

@@ -11,10 +11,11 @@ with the parameter table of the nearest image size (`bench/corruptions.py`), cac
 seed sees the same corrupted images.
 
 Headline numbers use the 15 benchmark corruptions; the 4 extra ones are reported apart. mCE and
-relative mCE are normalised by a named reference (`reference`): a published AlexNet table, or the
-run of a baseline method (ERM by default for non-ImageNet sizes) found in the results folder with
-the same dataset, recipe, seed and protocol settings. When that run is absent, mCE is skipped (a
-warning, and a leaderboard note); run the baseline first. A method that is its own reference has
+relative mCE are normalised by a named reference (`reference`, recorded in the run's sidecar): a
+published AlexNet table, or the run of a baseline method (ERM by default for non-ImageNet sizes)
+with the same dataset, recipe, seed and protocol settings. They are derived when the leaderboards
+are built, from the run files present then, so the order in which the runs were made does not
+matter; a missing reference run leaves a footnote. A method that is its own reference has
 mCE = relative mCE = 100 %.
 
 Deviation: the protocol writes its severity-curve figure to `<results>/figures/` itself.
@@ -25,14 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from robustbench_lite.bench.config import config_dict
 from robustbench_lite.bench.corruption_data import (
     CANONICAL_FOLDERS, CorruptionArrays, CorruptionFolders, generated_arrays)
 from robustbench_lite.bench.corruptions import (
@@ -41,6 +41,7 @@ from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import predict
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
+from robustbench_lite.bench.results import CELL_KEYS
 
 from . import corruption_metrics as metrics
 from .corruption_figures import severity_figure
@@ -79,7 +80,9 @@ class Corruption(Protocol):
         cfg = self.config
         corruptions, severities = parse_corruptions(cfg.corruptions), self._severities()
         load_backend(cfg.backend, check=False)  # its libraries are needed only to generate
-        self._check_reference(self.resolved_reference(ctx))
+        reference = self.resolved_reference(ctx)
+        self._check_reference(reference)
+        ctx.provenance["reference"] = reference  # mCE is derived against it in the leaderboard
         clock = [time.time()]
         source, canonical, clean_split = self._source(ctx, corruptions)  # before training: fail early
         clock.append(time.time())
@@ -97,7 +100,7 @@ class Corruption(Protocol):
                Measurement("canonical_files", float(canonical))]
         out += [Measurement("accuracy", value, n, {"corruption": c, "severity": s})
                 for (c, s), (value, n) in accuracies.items()]
-        out += self._summary(ctx, acc, 1.0 - clean[0])
+        out += summary(acc)
         if cfg.figure:
             severity_figure(acc, clean[0], f"{ctx.method_name} · {ctx.dataset.name} · "
                             f"{ctx.recipe.backbone} · seed {ctx.seed}", figure_path(ctx))
@@ -131,47 +134,6 @@ class Corruption(Protocol):
                                   cfg.seed, ctx.cache_dir, limit, ctx.progress)
         return source, False, test.subset(torch.arange(limit))
 
-    def _summary(self, ctx: RunContext, acc: dict, clean_error: float) -> list[Measurement]:
-        errors = metrics.corruption_errors(acc)
-        out = [Measurement("error", e, 0, {"corruption": c}) for c, e in errors.items()]
-        benchmark = [c for c in BENCHMARK if c in errors]
-        extra = [c for c in EXTRA if c in errors]
-        if benchmark:
-            cells = [v for (c, _), v in acc.items() if c in benchmark]
-            out.append(Measurement("mean_corruption_error",
-                                   metrics.mean_corruption_error(errors, benchmark)))
-            out.append(Measurement("corruption_accuracy", sum(cells) / len(cells)))
-        if extra:
-            out.append(Measurement("mean_corruption_error_extra",
-                                   metrics.mean_corruption_error(errors, extra)))
-        reference = self._reference(ctx, errors, clean_error)
-        if reference is None or not benchmark:
-            return out
-        cell = {"reference": reference.name}
-        shared = [c for c in benchmark if c in reference.errors]
-        names = {"mce": shared, "relative_mce": shared}
-        if reference.name == "alexnet_cifar10_pushpull" and all(c in errors for c in ALL):
-            names.update(mce_19=ALL, relative_mce_19=ALL)  # the push-pull paper's convention
-        for metric, picked in names.items():
-            value = self._normalised(metric, errors, clean_error, reference, picked,
-                                     own=reference.name == ctx.method_name)
-            if value is not None:
-                out.append(Measurement(metric, value, 0, cell))
-        return out
-
-    @staticmethod
-    def _normalised(metric, errors, clean_error, reference, corruptions, own: bool):
-        """mCE or relative mCE; 1 against oneself; None (and a warning) when undefined."""
-        if own:
-            return 1.0
-        try:
-            if metric.startswith("relative"):
-                return metrics.relative_mce(errors, clean_error, reference, corruptions)
-            return metrics.mce(errors, reference, corruptions)
-        except ValueError as err:
-            log.warning("%s skipped: %s", metric, err)
-            return None
-
     def resolved_reference(self, ctx: RunContext) -> str:
         """The configured reference; `auto` is AlexNet for ImageNet-sized data, else ERM."""
         if self.config.reference != AUTO:
@@ -184,21 +146,59 @@ class Corruption(Protocol):
             raise UserError(f"unknown reference {name!r}; use auto, {', '.join(metrics.PUBLISHED)} "
                             f"or a method name ({', '.join(METHODS.names())})")
 
-    def _reference(self, ctx: RunContext, errors: dict, clean_error: float):
-        name = self.resolved_reference(ctx)
+    def derived(self, rows: pd.DataFrame, provenance: dict[str, dict]
+                ) -> tuple[pd.DataFrame, list[str]]:
+        """mCE and relative mCE of every run against the reference it names (NaN where a ratio is
+        undefined), and footnotes for the runs whose reference is missing."""
+        runs = dict(tuple(rows.groupby("run_id", sort=True)))
+        out, missing, undefined = [], {}, set()
+        for run_id, run in runs.items():
+            name = provenance.get(run_id, {}).get("reference")
+            errors, clean_error = run_errors(run)
+            benchmark = [c for c in BENCHMARK if c in errors]
+            if name is None or not benchmark:
+                continue
+            method = run["method"].iloc[0]
+            reference, why = self._reference_errors(name, run_id, runs, provenance)
+            if reference is None:
+                missing.setdefault((name, why), set()).add(method)
+                continue
+            shared = [c for c in benchmark if c in reference.errors]
+            picks = {"mce": shared, "relative_mce": shared}
+            if name == "alexnet_cifar10_pushpull" and all(c in errors for c in ALL):
+                picks.update(mce_19=ALL, relative_mce_19=ALL)  # the push-pull paper's convention
+            for metric, picked in picks.items():
+                try:
+                    value = 1.0 if name == method else _normalised(metric, errors, clean_error,
+                                                                   reference, picked)
+                except ValueError as err:
+                    value = float("nan")
+                    undefined.add(f"{metric.replace('_', ' ')} vs {name} undefined for {method}: "
+                                  f"{err}")
+                out.append({**run.iloc[0].to_dict(), "metric": metric, "value": value, "n": 0,
+                            **{k: "" for k in CELL_KEYS}, "reference": name})
+        notes = [f"mCE vs {name} not computed for {', '.join(sorted(methods))}: {why}"
+                 for (name, why), methods in sorted(missing.items())]
+        return pd.DataFrame(out, columns=rows.columns), notes + sorted(undefined)
+
+    def _reference_errors(self, name: str, run_id: str, runs: dict, provenance: dict):
+        """(the reference's errors, None) or (None, why they are missing)."""
+        meta = provenance[run_id]
         if name in metrics.PUBLISHED:
-            if tuple(sorted(set(self.config.severities))) != SEVERITIES:
-                log.warning("mCE against %s skipped: its table averages severities 1..5", name)
-                return None
-            return metrics.published_reference(name)
-        if name == ctx.method_name:
-            return metrics.ReferenceErrors(name, clean_error, dict(errors))
-        found = baseline_reference(ctx, name, self.config)
-        if found is None:
-            log.warning("mCE against %s skipped: no %s corruption run with the same dataset, "
-                        "recipe, seed and protocol settings in %s; run it first", name, name,
-                        ctx.results_dir)
-        return found
+            severities = tuple(sorted(set(meta.get("protocol_config", {}).get("severities", ()))))
+            if severities != SEVERITIES:
+                return None, "its table averages severities 1..5 and these runs measured fewer"
+            return metrics.published_reference(name), ""
+        wanted = _settings(meta)
+        found = [other for other, run in runs.items()
+                 if run["method"].iloc[0] == name and other in provenance
+                 and _settings(provenance[other]) == wanted]
+        if not found:
+            return None, (f"no {name} corruption run with the same dataset, recipe, seed and "
+                          f"protocol settings in the results folder (run it, in any order)")
+        latest = max(found, key=lambda other: runs[other]["timestamp"].max())
+        errors, clean_error = run_errors(runs[latest])
+        return metrics.ReferenceErrors(name, clean_error, errors), ""
 
     def leaderboard_columns(self, rows: pd.DataFrame) -> list[Column]:
         columns = list(self.columns)
@@ -217,12 +217,6 @@ class Corruption(Protocol):
 
     def notes(self, rows: pd.DataFrame) -> list[str]:
         notes = []
-        with_mce = set(rows.loc[rows["metric"] == "mce", "run_id"])
-        missing = sorted(set(rows.loc[~rows["run_id"].isin(with_mce), "method"]))
-        if missing:
-            notes.append(f"mCE not computed for {', '.join(missing)}: the reference run was not in "
-                         f"the results folder when they ran (run the reference method first, "
-                         f"then re-run them)")
         flags = rows.loc[rows["metric"] == "canonical_files", "value"].astype(float)
         if (flags == 0).any():
             notes.append("corruptions generated on the fly (parameter table of the nearest image "
@@ -243,34 +237,44 @@ def _accuracy(model, batches, batch_size: int) -> tuple[float, int]:
     return correct / max(total, 1), total
 
 
-def baseline_reference(ctx: RunContext, method: str, config: CorruptionConfig):
-    """Per-corruption errors of `method`'s corruption run with this run's dataset, backbone, recipe,
-    seed and protocol settings (the latest such run), or None."""
-    folder = ctx.results_dir / "runs" / "corruption"
-    wanted_recipe = _plain(asdict(ctx.recipe))
-    wanted_settings = _comparable(config_dict(config))
-    candidates = []
-    for path in sorted(folder.glob(f"{method}-corruption-{ctx.dataset.name}-*.csv")):
-        sidecar = path.with_suffix(".json")
-        if not sidecar.is_file():
-            continue
-        meta = json.loads(sidecar.read_text())
-        if (meta.get("seed") != ctx.seed or _plain(meta.get("recipe")) != wanted_recipe
-                or _comparable(meta.get("protocol_config", {})) != wanted_settings):
-            continue
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        frame = frame[(frame["method"] == method) & (frame["dataset"] == ctx.dataset.name)]
-        if not frame.empty:
-            candidates.append(frame)
-    if not candidates:
-        return None
-    frame = max(candidates, key=lambda f: f["timestamp"].max())
-    errors = frame[frame["metric"] == "error"]
-    clean = frame[(frame["metric"] == "accuracy") & (frame["corruption"] == "")]
+def summary(acc: dict[tuple[str, int], float]) -> list[Measurement]:
+    """Error per corruption, mean corruption error and corruption accuracy over the benchmark
+    corruptions, mean corruption error over the extra ones, from {(corruption, severity): acc}."""
+    errors = metrics.corruption_errors(acc)
+    out = [Measurement("error", e, 0, {"corruption": c}) for c, e in errors.items()]
+    benchmark = [c for c in BENCHMARK if c in errors]
+    extra = [c for c in EXTRA if c in errors]
+    if benchmark:
+        cells = [v for (c, _), v in acc.items() if c in benchmark]
+        out.append(Measurement("mean_corruption_error",
+                               metrics.mean_corruption_error(errors, benchmark)))
+        out.append(Measurement("corruption_accuracy", sum(cells) / len(cells)))
+    if extra:
+        out.append(Measurement("mean_corruption_error_extra",
+                               metrics.mean_corruption_error(errors, extra)))
+    return out
+
+
+def run_errors(run: pd.DataFrame) -> tuple[dict[str, float], float]:
+    """({corruption: error}, clean error) read from one run's rows."""
+    errors = run[run["metric"] == "error"]
+    clean = run[(run["metric"] == "accuracy") & (run["corruption"] == "")]
     if errors.empty or clean.empty:
-        return None
-    return metrics.ReferenceErrors(method, 1.0 - float(clean["value"].iloc[0]),
-                                   {c: float(v) for c, v in zip(errors["corruption"], errors["value"])})
+        return {}, float("nan")
+    return ({c: float(v) for c, v in zip(errors["corruption"], errors["value"])},
+            1.0 - float(clean["value"].iloc[0]))
+
+
+def _normalised(metric: str, errors: dict, clean_error: float, reference, corruptions) -> float:
+    if metric.startswith("relative"):
+        return metrics.relative_mce(errors, clean_error, reference, corruptions)
+    return metrics.mce(errors, reference, corruptions)
+
+
+def _settings(meta: dict) -> dict:
+    """What must match between a run and its baseline reference: seed, recipe, protocol settings."""
+    return {"seed": meta.get("seed"), "recipe": _plain(meta.get("recipe")),
+            "protocol": _comparable(meta.get("protocol_config", {}))}
 
 
 def _plain(value):

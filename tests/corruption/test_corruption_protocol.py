@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -22,7 +21,7 @@ from robustbench_lite.bench.evaluate import accuracy
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import RunContext
 from robustbench_lite.bench.recipes import Recipe
-from robustbench_lite.bench.results import RunInfo, load_runs, write_run
+from robustbench_lite.bench.results import RunInfo, load_provenance, load_runs, write_run
 from robustbench_lite.protocols import corruption_metrics as metrics
 from robustbench_lite.protocols.corruption import Corruption, CorruptionConfig, figure_path
 from robustbench_lite.protocols.corruption_figures import comparison_figure
@@ -86,12 +85,16 @@ def test_canonical_cifar10_c_files_are_evaluated_cell_by_cell(tmp_path):
     assert _one(out, "mean_corruption_error_extra") == pytest.approx(np.mean([errors[c] for c in EXTRA]))
     assert _one(out, "corruption_accuracy") == pytest.approx(
         np.mean([cells[(c, s)] for c in BENCHMARK for s in range(1, 6)]))
+    assert not [m for m in out if "mce" in m.metric]  # derived by the leaderboard
+    _write(tmp_path, ctx, protocol, out)
+    derived, notes = _derived(tmp_path, protocol)
     ref = metrics.published_reference("alexnet_cifar10_pushpull")
-    cell = {"reference": "alexnet_cifar10_pushpull"}
-    assert _one(out, "mce", **cell) == pytest.approx(metrics.mce(errors, ref))
-    assert _one(out, "relative_mce", **cell) == pytest.approx(
+    assert derived[("erm", "mce", "alexnet_cifar10_pushpull")] == pytest.approx(metrics.mce(errors, ref))
+    assert derived[("erm", "relative_mce", "alexnet_cifar10_pushpull")] == pytest.approx(
         metrics.relative_mce(errors, 1 - clean_acc, ref))
-    assert _one(out, "mce_19", **cell) == pytest.approx(metrics.mce(errors, ref, ALL))
+    assert derived[("erm", "mce_19", "alexnet_cifar10_pushpull")] == pytest.approx(
+        metrics.mce(errors, ref, ALL))
+    assert notes == []
     assert figure_path(ctx).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -104,39 +107,75 @@ def test_malformed_canonical_files_stop_the_run_before_evaluation(tmp_path):
         Corruption().run(_context(tmp_path, dataset))
 
 
-def _write(tmp_path, ctx, protocol, measurements):
+def _write(tmp_path, ctx, protocol, measurements, timestamp=None):
     info = RunInfo(ctx.method_name, "corruption", ctx.dataset.name, ctx.recipe.backbone, "smoke",
                    ctx.seed, "0123abcd", "{}")
     provenance = {"recipe": asdict(ctx.recipe), "protocol_config": config_dict(protocol.config),
-                  "seed": ctx.seed}
-    return write_run(ctx.results_dir, info, measurements, provenance)
+                  "seed": ctx.seed, **ctx.provenance}
+    return write_run(ctx.results_dir, info, measurements, provenance, timestamp)
 
 
-def test_generated_sets_and_a_baseline_run_as_reference(tmp_path, caplog):
+def _derived(tmp_path, protocol):
+    """{(method, metric, reference): value} of the leaderboard-time rows, and the footnotes."""
+    results = tmp_path / "results"
+    rows, notes = protocol.derived(load_runs(results), load_provenance(results))
+    return {(r.method, r.metric, r.reference): r.value for r in rows.itertuples()}, notes
+
+
+def test_generated_sets_and_a_baseline_run_as_reference_in_any_order(tmp_path):
     dataset = _dataset("toy", size=16, n_test=16)
     protocol = Corruption(CorruptionConfig(corruptions="gaussian_noise,fog,contrast,saturate"))
+    other_ctx = _context(tmp_path, dataset, method="other")
+    other = protocol.run(other_ctx)
+    _write(tmp_path, other_ctx, protocol, other, "2026-01-01T00:00:00+00:00")
+    derived, notes = _derived(tmp_path, protocol)
+    assert derived == {}  # the baseline has not run yet
+    assert notes == ["mCE vs erm not computed for other: no erm corruption run with the same "
+                     "dataset, recipe, seed and protocol settings in the results folder (run it, "
+                     "in any order)"]
+
+    # the baseline runs afterwards, and its file has every error doubled: the leaderboard now
+    # fills the other method's mCE from those numbers
     baseline_ctx = _context(tmp_path, dataset)
     baseline = protocol.run(baseline_ctx)
     assert _one(baseline, "canonical_files") == 0.0
-    assert _one(baseline, "mce", reference="erm") == pytest.approx(1.0)  # its own reference
     assert list((tmp_path / "cache" / "corruptions").glob("toy-*/fog.npy"))
-
-    # the baseline's file, with every error doubled: the other run must read these numbers
     doubled = [replace(m, value=2 * m.value) if m.metric == "error" else m for m in baseline]
-    _write(tmp_path, baseline_ctx, protocol, doubled)
-    other = protocol.run(_context(tmp_path, dataset, method="other"))
-    assert _one(other, "mce", reference="erm") == pytest.approx(0.5)
-    assert _values(other, "error") == pytest.approx(
-        {k: v / 2 for k, v in _values(doubled, "error").items()})
+    _write(tmp_path, baseline_ctx, protocol, doubled, "2026-01-02T00:00:00+00:00")
+    derived, notes = _derived(tmp_path, protocol)
+    assert derived[("erm", "mce", "erm")] == 1.0  # its own reference
+    assert derived[("other", "mce", "erm")] == pytest.approx(0.5)
+    assert notes == []
 
-    with caplog.at_level(logging.WARNING):
-        lonely = protocol.run(_context(tmp_path, dataset, method="other", seed=1))
-    assert not [m for m in lonely if m.metric in ("mce", "relative_mce")]
-    assert "mCE against erm skipped" in caplog.text
-
+    lonely_ctx = _context(tmp_path, dataset, method="other", seed=1)
+    _write(tmp_path, lonely_ctx, protocol, protocol.run(lonely_ctx))
     restricted = Corruption(replace(protocol.config, severities=(1, 2)))
-    assert [m for m in restricted.run(_context(tmp_path, dataset, method="other"))
-            if m.metric == "mce"] == []  # other protocol settings: not comparable
+    picky_ctx = _context(tmp_path, dataset, method="picky")
+    _write(tmp_path, picky_ctx, restricted, restricted.run(picky_ctx))
+    derived, notes = _derived(tmp_path, protocol)
+    assert ("other", "mce", "erm") in derived and ("picky", "mce", "erm") not in derived
+    assert len(derived) == 4  # erm and the seed-0 other: mCE and relative mCE
+    assert notes == ["mCE vs erm not computed for other, picky: no erm corruption run with the "
+                     "same dataset, recipe, seed and protocol settings in the results folder "
+                     "(run it, in any order)"]
+
+
+def test_undefined_relative_mce_is_nan_with_a_footnote(tmp_path):
+    dataset = _dataset("toy", size=16, n_test=16)
+    protocol = Corruption(CorruptionConfig(corruptions="fog,contrast"))
+    for method in ("erm", "other"):
+        ctx = _context(tmp_path, dataset, method=method)
+        out = protocol.run(ctx)
+        if method == "erm":  # the reference's fog error equals its clean error
+            clean_error = 1 - _one(out, "accuracy")
+            out = [replace(m, value=clean_error) if m.metric == "error" and
+                   m.cell["corruption"] == "fog" else m for m in out]
+        _write(tmp_path, ctx, protocol, out)
+    derived, notes = _derived(tmp_path, protocol)
+    assert np.isnan(derived[("other", "relative_mce", "erm")])
+    assert not np.isnan(derived[("other", "mce", "erm")])
+    assert len(notes) == 1 and notes[0].startswith("relative mce vs erm undefined for other: ")
+    assert "fog" in notes[0]
 
 
 def test_leaderboard_columns_notes_and_comparison_figure(tmp_path):
@@ -146,16 +185,16 @@ def test_leaderboard_columns_notes_and_comparison_figure(tmp_path):
         ctx = _context(tmp_path, dataset, method=method, seed=seed)
         _write(tmp_path, ctx, protocol, protocol.run(ctx))
     rows = load_runs(tmp_path / "results")
-    labels = [c.label for c in protocol.leaderboard_columns(rows)]
+    derived, derived_notes = protocol.derived(rows, load_provenance(tmp_path / "results"))
+    labels = [c.label for c in protocol.leaderboard_columns(pd.concat([rows, derived]))]
     assert labels[:5] == ["mean corr. error", "clean acc", "corr. acc", "mCE vs erm",
                           "rel. mCE vs erm"]
     assert labels[-3:] == ["fog err", "contrast err", "speckle_noise err"]  # canonical order
-    notes = protocol.notes(rows)
-    assert any("mCE not computed for other" in n for n in notes)  # the seed-1 run had no baseline
-    assert any("generated on the fly" in n for n in notes)
+    assert any("not computed for other" in n for n in derived_notes)  # seed 1 has no baseline
+    assert any("generated on the fly" in n for n in protocol.notes(rows))
     files = leaderboard.build(tmp_path / "results")
     text = next(v for k, v in files.items() if k.name == "corruption-toy-smoke.md")
-    assert "mCE vs erm" in text and "mCE not computed" in text
+    assert "mCE vs erm" in text and "mCE vs erm not computed for other" in text
     csv = next(v for k, v in files.items() if k.name == "corruption-toy-smoke.csv")
     table = pd.read_csv(io.StringIO(csv))
     assert set(table["method"]) == {"erm", "other"}
