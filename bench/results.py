@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from . import environment
 from .atomic import write_atomic
 from .errors import UserError
 from .protocol import Measurement
+
+log = logging.getLogger(__name__)
 
 CELL_KEYS = ("corruption", "severity", "attack", "epsilon", "shots", "subset_seed", "reference")
 COLUMNS = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric", *CELL_KEYS,
@@ -99,8 +102,13 @@ def load_provenance(results_dir: Path) -> dict[str, dict]:
     """Every run's JSON sidecar under `results_dir/runs`, by run id."""
     out = {}
     for path in sorted((results_dir / "runs").glob("*/*.json")):
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        out[meta.get("run_id", path.stem)] = meta
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.warning("skipping the unreadable sidecar %s (%s)", path, err)
+            continue
+        if isinstance(meta, dict):
+            out[meta.get("run_id", path.stem)] = meta
     return out
 
 

@@ -151,7 +151,7 @@ class Corruption(Protocol):
         """mCE and relative mCE of every run against the reference it names (NaN where a ratio is
         undefined), and footnotes for the runs whose reference is missing."""
         runs = dict(tuple(rows.groupby("run_id", sort=True)))
-        out, missing, undefined = [], {}, set()
+        out, missing, undefined = [], {}, {}
         for run_id, run in runs.items():
             name = provenance.get(run_id, {}).get("reference")
             errors, clean_error = run_errors(run)
@@ -173,13 +173,15 @@ class Corruption(Protocol):
                                                                    reference, picked)
                 except ValueError as err:
                     value = float("nan")
-                    undefined.add(f"{metric.replace('_', ' ')} vs {name} undefined for {method}: "
-                                  f"{err}")
+                    label = "relative mCE" if metric.startswith("relative") else "mCE"
+                    undefined.setdefault((label, name, str(err)), set()).add(method)
                 out.append({**run.iloc[0].to_dict(), "metric": metric, "value": value, "n": 0,
                             **{k: "" for k in CELL_KEYS}, "reference": name})
         notes = [f"mCE vs {name} not computed for {', '.join(sorted(methods))}: {why}"
                  for (name, why), methods in sorted(missing.items())]
-        return pd.DataFrame(out, columns=rows.columns), notes + sorted(undefined)
+        notes += [f"{label} vs {name} undefined (—) for {', '.join(sorted(methods))}: {why}"
+                  for (label, name, why), methods in sorted(undefined.items())]
+        return pd.DataFrame(out, columns=rows.columns), notes
 
     def _reference_errors(self, name: str, run_id: str, runs: dict, provenance: dict):
         """(the reference's errors, None) or (None, why they are missing)."""

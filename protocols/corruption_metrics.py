@@ -100,8 +100,8 @@ def _reference_error(reference: ReferenceErrors, corruption: str, clean: float =
         raise ValueError(f"reference {reference.name} has no error for {corruption}")
     denominator = reference.errors[corruption] - clean
     if denominator == 0:
-        raise ValueError(f"reference {reference.name}: the ratio for {corruption} is undefined "
-                         f"(zero denominator)")
+        raise ValueError(f"{reference.name}'s error on {corruption} equals its clean error, so "
+                         f"the ratio for {corruption} divides by zero")
     return denominator
 
 

@@ -174,7 +174,7 @@ def test_undefined_relative_mce_is_nan_with_a_footnote(tmp_path):
     derived, notes = _derived(tmp_path, protocol)
     assert np.isnan(derived[("other", "relative_mce", "erm")])
     assert not np.isnan(derived[("other", "mce", "erm")])
-    assert len(notes) == 1 and notes[0].startswith("relative mce vs erm undefined for other: ")
+    assert len(notes) == 1 and notes[0].startswith("relative mCE vs erm undefined (—) for other: ")
     assert "fog" in notes[0]
 
 
