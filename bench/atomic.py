@@ -12,6 +12,15 @@ from typing import IO
 from .errors import UserError
 
 
+def ensure_folder(folder: Path, what: str, hint: str) -> Path:
+    """Create `folder` (and its parents) or fail with one line naming `what`, why, and `hint`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {what} {folder} ({err.strerror}); {hint}") from None
+    return folder
+
+
 def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb", hint: str = "",
                  **open_kwargs) -> None:
     """Call `write(handle)` on a temporary file next to `path`, then rename it onto `path`.

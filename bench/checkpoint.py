@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_atomic
+from .atomic import ensure_folder, write_atomic
 from .errors import UserError
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write `state` to `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent, "the model cache", "pass a writable --cache-dir")
     write_atomic(path, lambda handle: torch.save(state, handle), hint="pass a writable --cache-dir")
 
 

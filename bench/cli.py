@@ -11,11 +11,11 @@ from pathlib import Path
 from filelock import FileLock
 from tabulate import tabulate
 
-from . import distributed, golden, leaderboard, suite, sweep
+from . import distributed, golden, leaderboard, settings, suite, sweep
+from .atomic import ensure_folder
 from .backbones import BACKBONES
 from .cache import default_cache_dir
-from .config import parse_overrides
-from .data import DATASETS
+from .datasets import DATASETS
 from .errors import UserError
 from .method import METHODS
 from .protocol import PROTOCOLS
@@ -99,7 +99,8 @@ def _run(args: argparse.Namespace) -> None:
     distributed.init_from_env(use_cuda=pick_device(args.device).type == "cuda")  # under torchrun
     req = RunRequest(args.method, args.protocol, args.dataset, args.preset, args.seed,
                      args.data_root, args.results_dir, args.cache_dir or default_cache_dir(),
-                     parse_overrides(args.overrides), args.backbone, args.device,
+                     settings.for_run(settings.parse(args.overrides), args.method, args.protocol),
+                     args.backbone, args.device,
                      progress=not args.no_progress and distributed.is_main())
     outcome = run(req, lock=_results_lock(args.results_dir))
     if not distributed.is_main():
@@ -144,11 +145,7 @@ def _first_line(obj: object) -> str:
 
 def _results_lock(results_dir: Path) -> FileLock:
     """Serialises writers of one results folder (run files and derived leaderboards)."""
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create results folder {results_dir} ({err.strerror}); "
-                        f"pass a writable --results-dir") from None
+    ensure_folder(results_dir, "results folder", "pass a writable --results-dir")
     return FileLock(str(results_dir / ".lock"))
 
 
@@ -206,7 +203,7 @@ def _sweep(args: argparse.Namespace) -> int:
     grid = sweep.Grid(sweep.parse_list(args.methods, "methods"),
                       sweep.parse_list(args.protocols, "protocols"),
                       sweep.parse_list(args.seeds, "seeds", int), args.dataset, args.preset,
-                      parse_overrides(args.overrides), args.backbone)
+                      settings.parse(args.overrides), args.backbone)
     options = sweep.Options(args.executor, args.workers, args.cpus_per_job, args.retries,
                             args.ray_address, args.slurm_partition, args.gpus_per_node,
                             args.timeout_min)

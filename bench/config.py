@@ -22,17 +22,6 @@ class NoConfig:
     """A method without hyperparameters."""
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
-    """Split ["a=1", "b=x"] into {"a": "1", "b": "x"}."""
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {pair!r} is not key=value; write e.g. --set alpha=0.4")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def apply_overrides(config: Any, overrides: dict[str, str], owner: str) -> Any:
     """A copy of the dataclass `config` with string overrides converted to the field types."""
     fields = {f.name: f for f in dataclasses.fields(config)}

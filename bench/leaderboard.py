@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from .atomic import ensure_folder
 from .errors import UserError
 from .protocol import PROTOCOLS, Column, Protocol
 from .results import atomic_write, load_provenance, load_runs
@@ -150,6 +151,6 @@ def write(results_dir: Path, readme: Path | None = None) -> list[Path]:
         if old not in files:
             old.unlink()
     for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent, "leaderboard folder", "pass a writable --results-dir")
         atomic_write(path, text)
     return sorted(files)

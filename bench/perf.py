@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import torch
 
-from .data import load_dataset
+from .datasets import load_dataset
 from .method import METHODS, Batch, StepContext, as_updates
 from .recipes import Recipe
-from .train import TrainJob, augment, pick_device
+from .train import TrainJob, apply_update, augment, pick_device
 
 
 def _step_timer(name: str, dataset, recipe: Recipe, device: torch.device) -> Callable[[int], None]:
@@ -38,9 +38,7 @@ def _step_timer(name: str, dataset, recipe: Recipe, device: torch.device) -> Cal
             model.train()
             batch = method.train_transform(Batch(x, y_all[index]), ctx)
             for losses in as_updates(method.training_step(model, batch, ctx)):
-                optimizer.zero_grad(set_to_none=True)
-                sum(losses.values()).backward()
-                optimizer.step()
+                apply_update(optimizer, losses, name, ctx)
             state["step"] += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -99,7 +97,7 @@ def corruption_errors(model, test, backend: str, severities=(1, 2, 3, 4, 5),
                       corruptions=None, seed: int = 0) -> dict[str, float]:
     """Error of `model` per corruption (mean over `severities`) on `test` corrupted by `backend`
     with the parameter table of the image size and the protocol's per-image seeds."""
-    from .corruptions import ALL, image_seed, load_backend, table_for
+    from .corruptions.tables import ALL, image_seed, load_backend, table_for
     from .evaluate import accuracy
 
     corrupt = load_backend(backend).corrupt_batch
@@ -136,8 +134,8 @@ def engine_throughput(size: int = 32, batch: int = 256, severity: int = 3,
                       ) -> dict[str, tuple[float, float | None]]:
     """Images/s per corruption: the engine on batches of `batch` (on `device`), and
     `imagecorruptions` image by image (its own functions and constants, CPU), same images."""
-    from .corruption_engine import corrupt
-    from .corruptions import ALL, table_for
+    from .corruptions.engine import corrupt
+    from .corruptions.tables import ALL, table_for
 
     device = device or pick_device()
     gen = torch.Generator().manual_seed(0)
@@ -266,25 +264,17 @@ def _trainer() -> list[str]:
 # ---------------------------------------------------------------- memory
 
 
-def write_cifar_c_fixture(folder, rows_per_severity: int = 10_000, chunk: int = 5_000,
-                          corruptions=None) -> None:
-    """A full-size CIFAR-10-C layout of random pixels (19 x 50,000 x 32 x 32 x 3 uint8, ~2.9 GB),
-    written chunk by chunk through memory maps, plus `labels.npy`."""
+def write_cifar_c_fixture(folder, rows_per_severity: int = 10_000, corruptions=None) -> None:
+    """A full-size CIFAR-10-C layout of random pixels (19 x 50,000 x 32 x 32 x 3 uint8, ~2.9 GB)."""
     import numpy as np
 
-    from .corruptions import ALL
+    from .corruptions.sets import write_cifar_c
+    from .corruptions.tables import ALL
 
     rng = np.random.default_rng(0)
-    rows = 5 * rows_per_severity
-    labels = np.tile(np.arange(rows_per_severity) % 10, 5).astype(np.uint8)
-    np.save(folder / "labels.npy", labels)
-    for name in corruptions or ALL:
-        array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.uint8,
-                                          shape=(rows, 32, 32, 3))
-        for lo in range(0, rows, chunk):
-            array[lo:lo + chunk] = rng.integers(0, 256, (min(chunk, rows - lo), 32, 32, 3), dtype=np.uint8)
-        array.flush()
-        del array
+    labels = (np.arange(rows_per_severity) % 10).astype(np.uint8)
+    write_cifar_c(folder, labels, lambda name, severity: rng.integers(
+        0, 256, (rows_per_severity, 32, 32, 3), dtype=np.uint8), corruptions or ALL)
 
 
 def _evaluate_fixture(folder: str, rows_per_severity: int) -> float:
@@ -295,9 +285,9 @@ def _evaluate_fixture(folder: str, rows_per_severity: int) -> float:
 
     from torch import nn
 
-    from .corruption_data import CorruptionArrays
-    from .corruptions import ALL, SEVERITIES
-    from .data import Split
+    from .corruptions.sets import CorruptionArrays
+    from .corruptions.tables import ALL, SEVERITIES
+    from .datasets import Split
     from .evaluate import predict
 
     labels = torch.arange(rows_per_severity) % 10

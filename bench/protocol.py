@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import NoConfig
-from .data import ImageDataset, Split
+from .datasets import ImageDataset, Split
 from .method import Method
 from .recipes import Recipe
 from .registry import Registry
@@ -76,12 +76,19 @@ class Protocol:
 
     Config: ClassVar[type] = NoConfig
     columns: ClassVar[tuple[Column, ...]] = ()
+    trains_own_models: ClassVar[bool] = False  # True: never uses the default model (`ctx.train()`)
+    cell_keys: ClassVar[tuple[str, ...]] = ()  # what a number's cell can name (run-file columns)
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         raise NotImplementedError
+
+    def figures(self, measurements: list[Measurement], title: str) -> dict:
+        """Figures of one run by name (matplotlib figures); the runner writes each, after the run
+        file, as `<results>/figures/<run id>-<name>.png`. None by default."""
+        return {}
 
     def derived(self, rows: pd.DataFrame, provenance: dict[str, dict]
                 ) -> tuple[pd.DataFrame, list[str]]:

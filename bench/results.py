@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,15 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import environment
-from .atomic import write_atomic
-from .errors import UserError
+from .atomic import ensure_folder, write_atomic
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
 
-CELL_KEYS = ("corruption", "severity", "attack", "epsilon", "shots", "subset_seed", "reference")
-COLUMNS = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric", *CELL_KEYS,
-           "value", "n", "seed", "config_hash", "method_config", "versions", "timestamp")
+IDENTITY = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric")
+FACTS = ("value", "n", "seed", "config_hash", "method_config", "versions", "timestamp")
+# Between the two: the cell keys that the run's protocol declares (`Protocol.cell_keys`).
 
 
 @dataclass(frozen=True)
@@ -46,43 +46,53 @@ class RunInfo:
         return (f"{self.method}-{self.protocol}-{self.dataset}-{self.backbone}-{self.preset}"
                 f"-s{self.seed}-{self.config_hash}")
 
+    def csv_path(self, results_dir: Path) -> Path:
+        """Where the run's CSV lives under `results_dir` (its JSON sidecar beside it)."""
+        return results_dir / "runs" / self.protocol / f"{self.run_id}.csv"
+
+
+def run_files(results_dir: Path) -> list[Path]:
+    """Every run CSV under `results_dir`, in a stable order."""
+    return sorted((results_dir / "runs").glob("*/*.csv"))
+
 
 def library_versions() -> str:
     """'robustbench-lite=0.2.0;torch=...;...;python=3.11.7'."""
     return ";".join(f"{name}={version}" for name, version in environment.versions().items())
 
 
-def run_frame(info: RunInfo, measurements: list[Measurement], timestamp: str | None = None
-              ) -> pd.DataFrame:
-    """The rows of one run in the fixed column order."""
+def run_frame(info: RunInfo, measurements: list[Measurement], cell_keys: Sequence[str],
+              timestamp: str | None = None) -> pd.DataFrame:
+    """The rows of one run: identity, the protocol's cell keys, then the facts."""
     timestamp = timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds")
     versions = library_versions()
     rows = []
     for m in measurements:
-        unknown = set(m.cell) - set(CELL_KEYS)
+        unknown = set(m.cell) - set(cell_keys)
         if unknown:
-            raise ValueError(f"measurement {m.metric} has unknown cell keys {sorted(unknown)}")
+            raise ValueError(f"measurement {m.metric} has cell keys {sorted(unknown)} that its "
+                             f"protocol does not declare (cell_keys = {tuple(cell_keys)})")
         row = {"run_id": info.run_id, "method": info.method, "protocol": info.protocol,
                "dataset": info.dataset, "backbone": info.backbone, "preset": info.preset,
-               "metric": m.metric, **{k: m.cell.get(k, "") for k in CELL_KEYS},
+               "metric": m.metric, **{k: m.cell.get(k, "") for k in cell_keys},
                "value": float(m.value), "n": int(m.n), "seed": info.seed,
                "config_hash": info.config_hash, "method_config": info.method_config,
                "versions": versions, "timestamp": timestamp}
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    return pd.DataFrame(rows, columns=[*IDENTITY, *cell_keys, *FACTS])
+
+
+def cell_columns(rows: pd.DataFrame) -> list[str]:
+    """The cell-key columns of run rows (every protocol's that is present)."""
+    return [c for c in rows.columns if c not in IDENTITY and c not in FACTS]
 
 
 def write_run(results_dir: Path, info: RunInfo, measurements: list[Measurement],
-              provenance: dict, timestamp: str | None = None) -> Path:
+              provenance: dict, cell_keys: Sequence[str], timestamp: str | None = None) -> Path:
     """Write the run's CSV and JSON sidecar atomically; returns the CSV path."""
-    folder = results_dir / "runs" / info.protocol
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create results folder {folder} ({err.strerror}); "
-                        f"pass a writable --results-dir") from None
-    frame = run_frame(info, measurements, timestamp)
-    csv_path = folder / f"{info.run_id}.csv"
+    csv_path = info.csv_path(results_dir)
+    ensure_folder(csv_path.parent, "results folder", "pass a writable --results-dir")
+    frame = run_frame(info, measurements, cell_keys, timestamp)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, lineterminator="\n")
     sidecar = {**provenance, "run_id": info.run_id, "versions": frame["versions"].iloc[0]
@@ -101,7 +111,7 @@ def atomic_write(path: Path, text: str) -> None:
 def load_provenance(results_dir: Path) -> dict[str, dict]:
     """Every run's JSON sidecar under `results_dir/runs`, by run id."""
     out = {}
-    for path in sorted((results_dir / "runs").glob("*/*.json")):
+    for path in (csv.with_suffix(".json") for csv in run_files(results_dir)):
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -114,8 +124,16 @@ def load_provenance(results_dir: Path) -> dict[str, dict]:
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
     """All run rows under `results_dir/runs`, in a stable order."""
-    files = sorted((results_dir / "runs").glob("*/*.csv"))
-    if not files:
-        return pd.DataFrame(columns=list(COLUMNS))
-    frames = [pd.read_csv(f, dtype={k: str for k in CELL_KEYS}, keep_default_na=False) for f in files]
-    return pd.concat(frames, ignore_index=True)
+    frames = [_read_run(path) for path in run_files(results_dir)]
+    if not frames:
+        return pd.DataFrame(columns=[*IDENTITY, *FACTS])
+    rows = pd.concat(frames, ignore_index=True)
+    cells = cell_columns(rows)
+    rows[cells] = rows[cells].fillna("")  # a key of another protocol: not part of this cell
+    return rows[[*IDENTITY, *cells, *FACTS]]
+
+
+def _read_run(path: Path) -> pd.DataFrame:
+    header = pd.read_csv(path, nrows=0).columns
+    text = {c: str for c in header if c not in ("value", "n", "seed")}
+    return pd.read_csv(path, dtype=text, keep_default_na=False)

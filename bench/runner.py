@@ -10,12 +10,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import distributed
+from .cache import default_cache_dir
 from .config import apply_overrides, config_dict, stable_hash
-from .data import load_dataset
+from .figures import write_png
+from .datasets import load_dataset
 from .method import METHODS, Method
 from .protocol import PROTOCOLS, Measurement, Protocol, RunContext
 from .recipes import Recipe, recipe_for
 from .results import RunInfo, write_run
+from .settings import Settings
 from .train import pick_device
 
 
@@ -30,8 +33,8 @@ class RunRequest:
     seed: int = 0
     data_root: Path = Path("data")
     results_dir: Path = Path("results")
-    cache_dir: Path = Path(".cache/robustbench-lite")
-    overrides: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    settings: Settings = field(default_factory=Settings)
     backbone: str | None = None
     device: str | None = None
     progress: bool = True
@@ -55,29 +58,17 @@ class ResolvedRun:
     info: RunInfo
 
 
-def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
-    """Split `--set` pairs into (method, protocol, recipe) overrides by their prefix."""
-    groups: dict[str, dict[str, str]] = {"method": {}, "protocol": {}, "recipe": {}}
-    for key, value in overrides.items():
-        scope, dot, rest = key.partition(".")
-        if dot and scope in ("protocol", "recipe"):
-            groups[scope][rest] = value
-        else:
-            groups["method"][key] = value
-    return groups["method"], groups["protocol"], groups["recipe"]
-
-
 def resolve(req: RunRequest) -> ResolvedRun:
     """Build the method, protocol and recipe of a request, and its run id, without running it."""
     method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
-    method_set, protocol_set, recipe_set = split_overrides(req.overrides)
-    method = method_cls(apply_overrides(method_cls.Config(), method_set, f"method {req.method}"))
-    protocol = protocol_cls(apply_overrides(protocol_cls.Config(), protocol_set,
+    method = method_cls(apply_overrides(method_cls.Config(), req.settings.method,
+                                        f"method {req.method}"))
+    protocol = protocol_cls(apply_overrides(protocol_cls.Config(), req.settings.protocol,
                                             f"protocol {req.protocol}"))
     recipe = recipe_for(req.preset, req.dataset)
     if req.backbone:
         recipe = replace(recipe, backbone=req.backbone)
-    recipe = apply_overrides(recipe, recipe_set, "the recipe")
+    recipe = apply_overrides(recipe, req.settings.recipe, "the recipe")
     from .backbones import BACKBONES
     BACKBONES.get(recipe.backbone)
     method_config = json.dumps(config_dict(method.config), sort_keys=True)
@@ -97,10 +88,12 @@ def run_context(req: RunRequest, resolved: ResolvedRun) -> RunContext:
                       Path(req.results_dir), req.progress, req.train_missing)
 
 
-def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) -> RunOutcome:
-    """Train (or reuse) the method, run the protocol, write the run's results (under `lock`).
-    Under torchrun every rank trains and measures; only rank 0 writes."""
-    resolved = resolve(req)
+def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None,
+        resolved: ResolvedRun | None = None) -> RunOutcome:
+    """Train (or reuse) the method, run the protocol, write the run's results (under `lock`);
+    `resolved` is the request already made concrete. Under torchrun every rank trains and
+    measures; only rank 0 writes."""
+    resolved = resolved or resolve(req)
     method, protocol, recipe, info = (resolved.method, resolved.protocol, resolved.recipe,
                                       resolved.info)
     ctx = run_context(req, resolved)
@@ -114,5 +107,14 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None) 
     if not distributed.is_main():
         return RunOutcome(info, measurements, None)
     with lock or contextlib.nullcontext():
-        csv_path = write_run(Path(req.results_dir), info, measurements, provenance)
+        csv_path = write_run(Path(req.results_dir), info, measurements, provenance,
+                             protocol.cell_keys)
+    title = f"{info.method} · {info.dataset} · {info.backbone} · {info.preset} · seed {info.seed}"
+    for name, figure in protocol.figures(measurements, title).items():  # after the run file
+        write_png(figure, figure_path(Path(req.results_dir), info, name))
     return RunOutcome(info, measurements, csv_path)
+
+
+def figure_path(results_dir: Path, info: RunInfo, name: str) -> Path:
+    """Where a run's figure is written: named by the run id, so settings never share a file."""
+    return results_dir / "figures" / f"{info.run_id}-{name}.png"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import load_dataset
+from .datasets import load_dataset
 from .errors import UserError
 from .method import METHODS
 from .protocol import PROTOCOLS
-from .results import CELL_KEYS
+from .results import cell_columns
 from .train import TrainJob
 
-KEY = ("method", "protocol", "dataset", "backbone", "preset", "seed", "metric", *CELL_KEYS)
+RUN_KEY = ("method", "protocol", "dataset", "backbone", "preset", "seed", "metric")
 
 # Numbers that count or flag something: equal or drifted, whatever the machine.
 EXACT = ("flag_", "epoch_factor", "train_images", "classes_below_shots", "pretrained",
@@ -43,11 +43,10 @@ class Suite:
 
         methods = tuple(self.methods or _builtins(METHODS))
         protocols = tuple(self.protocols or _builtins(PROTOCOLS))
-        overrides = {f"{name}.{k}": v
-                     for settings in (self.method_settings, self.protocol_settings)
-                     for name, pairs in settings.items() if name in methods + protocols
-                     for k, v in pairs.items()}
-        return Grid(methods, protocols, self.seeds, self.dataset, self.preset, overrides)
+        scoped = {name: dict(pairs) for name, pairs in {**self.method_settings,
+                                                         **self.protocol_settings}.items()
+                  if name in methods + protocols}
+        return Grid(methods, protocols, self.seeds, self.dataset, self.preset, scoped)
 
     def training_jobs(self) -> dict[str, TrainJob]:
         """The default model of every (method, seed), as the protocols train it, by name."""
@@ -138,25 +137,28 @@ def compare(golden: pd.DataFrame, measured: pd.DataFrame) -> list[Mismatch]:
     every new number the golden set lacks."""
     smallest = golden[golden["n"].astype(int) > 0].groupby("run_id")["n"].min().to_dict()
     resolution = {run: 1.0 / smallest.get(run, 100) for run in golden["run_id"].unique()}
-    keyed = _keyed(golden)
-    keyed["tolerance"] = [tolerance(m, int(n), resolution[r]) for m, n, r in
-                          zip(golden["metric"], golden["n"], golden["run_id"])]
-    merged = keyed.merge(_keyed(measured), on=list(KEY), how="outer", suffixes=("_golden", "_new"))
+    cells = sorted(set(cell_columns(golden)) | set(cell_columns(measured)))
+    key = [*RUN_KEY, *cells]
+    expected = _keyed(golden, key)
+    expected["tolerance"] = [tolerance(m, int(n), resolution[r]) for m, n, r in
+                             zip(golden["metric"], golden["n"], golden["run_id"])]
+    merged = expected.merge(_keyed(measured, key), on=key, how="outer",
+                            suffixes=("_golden", "_new"))
     out = []
     for row in merged.to_dict("records"):
-        expected, got = _number(row.get("value_golden")), _number(row.get("value_new"))
+        want, got = _number(row.get("value_golden")), _number(row.get("value_new"))
         allowed = _number(row.get("tolerance")) or 0.0
-        if expected is None or got is None or abs(expected - got) > allowed + 1e-9:
-            cell = " ".join(f"{k}={row[k]}" for k in CELL_KEYS if str(row[k]) != "")
-            out.append(Mismatch(row["method"], row["protocol"], row["metric"], cell, expected, got,
+        if want is None or got is None or abs(want - got) > allowed + 1e-9:
+            cell = " ".join(f"{k}={row[k]}" for k in cells if str(row[k]) != "")
+            out.append(Mismatch(row["method"], row["protocol"], row["metric"], cell, want, got,
                                 allowed))
     return out
 
 
-def _keyed(rows: pd.DataFrame) -> pd.DataFrame:
-    rows = rows[list(KEY) + ["value"]].copy()
-    for key in KEY:
-        rows[key] = rows[key].astype(str)
+def _keyed(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    rows = rows.reindex(columns=[*key, "value"], fill_value="").copy()
+    for column in key:
+        rows[column] = rows[column].astype(str)
     return rows
 
 

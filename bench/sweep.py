@@ -47,13 +47,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import leaderboard
+from . import leaderboard, settings
+from .atomic import ensure_folder
 from .config import stable_hash
-from .data import load_dataset
+from .datasets import load_dataset
 from .errors import UserError
 from .method import METHODS
 from .protocol import PROTOCOLS
-from .runner import RunRequest, resolve, run, run_context
+from .runner import ResolvedRun, RunRequest, resolve, run, run_context
 from .train import TrainJob, cached_model_path
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,16 @@ INSTALL_HINT = "pip install robustbench-lite[sweep]"
 class Grid:
     """What to run: every method x protocol x seed on one dataset and preset.
 
-    `overrides` are `--set` pairs: `recipe.k` applies to every run; `protocol.k` to the swept
-    protocols that have setting k, and `k` to the swept methods that have it; `<name>.k` (e.g.
-    `mixup.alpha`, `adversarial.n_examples`) to the method or protocol of that name only."""
+    `overrides` are `--set` settings by scope (`settings.parse`): `recipe.k` applies to every run;
+    `protocol.k` to the swept protocols that have setting k, and `k` to the swept methods that have
+    it; `<name>.k` (e.g. `mixup.alpha`, `adversarial.n_examples`) to that method or protocol."""
 
     methods: tuple[str, ...]
     protocols: tuple[str, ...]
     seeds: tuple[int, ...] = (0,)
     dataset: str = "digits"
     preset: str = "default"
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: settings.Scoped = field(default_factory=dict)
     backbone: str | None = None
 
     @property
@@ -105,6 +106,7 @@ class Job:
     name: str
     kind: str
     request: RunRequest
+    resolved: ResolvedRun  # the request made concrete, once, when the sweep was planned
     log: Path
     cpus: int
 
@@ -180,16 +182,16 @@ def parse_list(text: str, what: str, kind: type = str) -> tuple:
 
 # ---------------------------------------------------------------------------------------- jobs
 
-def train_job(req: RunRequest) -> str:
+def train_job(req: RunRequest, resolved: ResolvedRun) -> str:
     """Train the request's default model into the cache; returns the checkpoint path."""
-    ctx = run_context(req, resolve(req))
+    ctx = run_context(req, resolved)
     ctx.train()
-    return str(_default_model_path(req, ctx.dataset))
+    return str(Path(req.cache_dir) / ctx.provenance["models"][0])
 
 
-def evaluate_job(req: RunRequest) -> str:
+def evaluate_job(req: RunRequest, resolved: ResolvedRun) -> str:
     """Run the request's protocol (the model comes from the cache); returns its run file."""
-    return str(run(req).csv_path)
+    return str(run(req, resolved=resolved).csv_path)
 
 
 JOB_KINDS = {"train": train_job, "evaluate": evaluate_job}
@@ -198,7 +200,7 @@ JOB_KINDS = {"train": train_job, "evaluate": evaluate_job}
 def execute(job: Job) -> str:
     """Run one job in this process, logging to its log file (the traceback when it fails)."""
     torch.set_num_threads(job.cpus)
-    job.log.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(job.log.parent, "the sweep's log folder", "pass a writable --results-dir")
     handler = logging.FileHandler(job.log, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("robustbench_lite")
@@ -208,7 +210,7 @@ def execute(job: Job) -> str:
     log.info("job %s on %s, pid %d, %d threads", job.name, socket.gethostname(), os.getpid(),
              job.cpus)
     try:
-        return JOB_KINDS[job.kind](job.request)
+        return JOB_KINDS[job.kind](job.request, job.resolved)
     except BaseException:
         log.error("job %s failed:\n%s", job.name, traceback.format_exc())
         raise
@@ -222,46 +224,16 @@ def execute(job: Job) -> str:
 
 def requests(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path("data"),
              device: str | None = None, train_missing: bool = True) -> list[RunRequest]:
-    """One request per (method, protocol, seed), each with the overrides that apply to it."""
-    method_sets, protocol_sets, common = _scoped_overrides(grid)
+    """One request per (method, protocol, seed), each with the settings that apply to it."""
+    method_configs = {m: METHODS.get(m).Config for m in grid.methods}
+    protocol_configs = {p: PROTOCOLS.get(p).Config for p in grid.protocols}
+    settings.check_fits(grid.overrides, method_configs.values(), protocol_configs.values())
     return [RunRequest(m, p, grid.dataset, grid.preset, seed, Path(data_root), Path(results_dir),
-                       Path(cache_dir), {**common, **method_sets[m], **protocol_sets[p]},
+                       Path(cache_dir),
+                       settings.for_cell(grid.overrides, m, method_configs[m], p,
+                                         protocol_configs[p], grid.methods, grid.protocols),
                        grid.backbone, device, progress=False, train_missing=train_missing)
             for m in grid.methods for seed in grid.seeds for p in grid.protocols]
-
-
-def _scoped_overrides(grid: Grid) -> tuple[dict[str, dict], dict[str, dict], dict[str, str]]:
-    methods = {m: _fields(METHODS.get(m).Config) for m in grid.methods}
-    protocols = {p: _fields(PROTOCOLS.get(p).Config) for p in grid.protocols}
-    method_sets: dict[str, dict] = {m: {} for m in methods}
-    protocol_sets: dict[str, dict] = {p: {} for p in protocols}
-    common: dict[str, str] = {}
-    for key, value in grid.overrides.items():
-        scope, dot, name = key.partition(".")
-        if not dot:
-            targets = [(method_sets[m], key) for m, known in methods.items() if key in known]
-        elif scope == "recipe":
-            targets = [(common, key)]
-        elif scope == "protocol":
-            targets = [(protocol_sets[p], key) for p, known in protocols.items() if name in known]
-        elif scope in protocols:
-            targets = [(protocol_sets[scope], f"protocol.{name}")]
-        elif scope in methods:
-            targets = [(method_sets[scope], name)]
-        else:
-            raise UserError(f"--set {key}: {scope!r} is neither recipe, protocol, nor a swept "
-                            f"method or protocol ({', '.join([*methods, *protocols])})")
-        if not targets:
-            kind, setting = ("protocols", name) if dot else ("methods", key)
-            raise UserError(f"--set {key}: none of the swept {kind} has a setting {setting!r}; "
-                            f"check the spelling")
-        for target, as_key in targets:
-            target[as_key] = value
-    return method_sets, protocol_sets, common
-
-
-def _fields(config: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(config)}
 
 
 def plan(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path("data"),
@@ -275,32 +247,27 @@ def plan(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path(
     dataset = None
     # A protocol that trains only models of its own (declares `trains_own_models = True`, e.g.
     # low-data subsets) needs no pre-trained default model.
-    uses_default_model = not all(getattr(PROTOCOLS.get(p), "trains_own_models", False)
-                                 for p in grid.protocols)
+    uses_default_model = not all(PROTOCOLS.get(p).trains_own_models for p in grid.protocols)
     for req in requests(grid, results_dir, cache_dir, data_root, device, train_missing):
-        info = resolve(req).info
-        run_file = Path(results_dir) / "runs" / info.protocol / f"{info.run_id}.csv"  # write_run's
-        if run_file.exists():
+        resolved = resolve(req)
+        info = resolved.info
+        if info.csv_path(Path(results_dir)).exists():
             done.append(info.run_id)
             continue
         key = (req.method, req.seed)
         if key not in groups:
             if dataset is None:
                 dataset = load_dataset(grid.dataset, Path(data_root))
-            needs_training = uses_default_model and not _default_model_path(req, dataset).exists()
+            default_model = cached_model_path(
+                TrainJob(resolved.method, req.method, dataset, resolved.recipe, req.seed),
+                Path(req.cache_dir))
+            needs_training = uses_default_model and not default_model.exists()
             name = f"train-{req.method}-{req.dataset}-s{req.seed}"
-            train = Job(name, "train", req, folder / "logs" / f"{name}.log", cpus)
+            train = Job(name, "train", req, resolved, folder / "logs" / f"{name}.log", cpus)
             groups[key] = Group(train if needs_training else None, [])
-        groups[key].evaluations.append(Job(info.run_id, "evaluate", req,
+        groups[key].evaluations.append(Job(info.run_id, "evaluate", req, resolved,
                                            folder / "logs" / f"{info.run_id}.log", cpus))
     return Plan(grid.sweep_id, folder, list(groups.values()), done)
-
-
-def _default_model_path(req: RunRequest, dataset) -> Path:
-    """Where the model that `RunContext.train()` returns for this request is cached."""
-    resolved = resolve(req)
-    job = TrainJob(resolved.method, req.method, dataset, resolved.recipe, req.seed)
-    return cached_model_path(job, Path(req.cache_dir))
 
 
 # ------------------------------------------------------------------------------------ executors

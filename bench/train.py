@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import build_backbone
+from .atomic import ensure_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_dict, stable_hash
-from .data import ImageDataset, Split
+from .datasets import ImageDataset, Split
 from .errors import DivergedError, MissingModelError, UserError
 from .method import Batch, Method, StepContext, as_updates
 from .recipes import Recipe
@@ -53,7 +54,7 @@ class TrainJob:
         return stable_hash({
             "format": CACHE_FORMAT, "method": self.method_name,
             "config": config_dict(self.method.config), "dataset": self.dataset.name,
-            "data": _fingerprint(split), "recipe": asdict(self.recipe), "seed": self.seed,
+            "data": split.fingerprint(), "recipe": asdict(self.recipe), "seed": self.seed,
             "backbone_kwargs": self.backbone_kwargs or {},
             **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {})})
 
@@ -63,14 +64,6 @@ class TrainJob:
         backbone = build_backbone(self.recipe.backbone, ds.num_classes, ds.mean, ds.std,
                                   **(self.backbone_kwargs or {}))
         return self.method.build_model(backbone)
-
-
-def _fingerprint(split: Split) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(split.x.numpy().tobytes())
-    digest.update(split.y.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -84,11 +77,7 @@ def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
                   progress: bool = True, train_missing: bool = True) -> nn.Module:
     """The trained model for `job`, from the cache when present, else trained (resuming) and cached;
     with `train_missing=False` a model missing from the cache is a `MissingModelError`."""
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the model cache {cache_dir} ({err.strerror}); "
-                        f"pass a writable --cache-dir") from None
+    ensure_folder(cache_dir, "the model cache", "pass a writable --cache-dir")
     final = cached_model_path(job, cache_dir)
     partial = final.with_suffix(".partial.pt")
     model = job.build_model().to(device)
@@ -200,15 +189,7 @@ class Trainer:
             batch = method.train_transform(batch, ctx)
             updates = as_updates(method.training_step(self.net, batch, ctx))
             for losses in distributed.checked_updates(updates, self.net, self.job.method_name):
-                total = sum(losses.values())
-                if not torch.isfinite(total):
-                    raise DivergedError(
-                        f"method {self.job.method_name!r} diverged at epoch {ctx.epoch + 1}, step "
-                        f"{ctx.step + 1} (loss {total.item()}); lower the learning rate "
-                        f"(--set recipe.lr=...) or check the method's settings")
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                self.optimizer.step()
+                apply_update(self.optimizer, losses, self.job.method_name, ctx)
                 logged.update({k: v.detach() for k, v in losses.items()})
         return logged
 
@@ -240,6 +221,19 @@ class Trainer:
         self.method_rng.set_state(state["method_rng"].cpu())
         log.info("resuming %s after epoch %d", path.name, state["epochs_done"])
         return int(state["epochs_done"])
+
+
+def apply_update(optimizer: torch.optim.Optimizer, losses: dict[str, Tensor], method: str,
+                 ctx: StepContext) -> None:
+    """One optimizer update on the sum of `losses`; a non-finite sum is a `DivergedError`."""
+    total = sum(losses.values())
+    if not torch.isfinite(total):
+        raise DivergedError(f"method {method!r} diverged at epoch {ctx.epoch + 1}, step "
+                            f"{ctx.step + 1} (loss {total.item()}); lower the learning rate "
+                            f"(--set recipe.lr=...) or check the method's settings")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:

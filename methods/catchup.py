@@ -48,26 +48,6 @@ from robustbench_lite.bench.mixing import (check_alpha, check_probability, choos
 NAME = "catchup"
 
 
-@dataclass(frozen=True)
-class CatchUpConfig:
-    taps: tuple[str, ...] = ("all",)  # candidate taps, drawn uniformly; "all" = input + every stage
-    alpha: float = 1.0  # λ ~ Beta(α, α) at feature taps
-    prob: float = 1.0  # probability that a batch is mixed (else plain cross-entropy)
-    normalize_rfi: bool = True  # RFI = per-sample ℓ2 norms normalised to sum 1; False: raw norms
-    label_weight: Literal["channels", "lambda"] = "channels"  # w = ⌊λC⌋/C, or w = λ
-    input_mix: Literal["cutmix", "mixup"] = "cutmix"  # the mix used when the input tap is drawn
-    input_alpha: float = 1.0  # α of the input-level mix
-
-    def __post_init__(self) -> None:
-        check_alpha(self.alpha)
-        check_alpha(self.input_alpha, "input_alpha")
-        check_probability(self.prob, "prob")
-        if self.label_weight not in ("channels", "lambda"):
-            raise UserError(f"label_weight={self.label_weight!r}: use 'channels' or 'lambda'")
-        if self.input_mix not in ("cutmix", "mixup"):
-            raise UserError(f"input_mix={self.input_mix!r}: use 'cutmix' or 'mixup'")
-
-
 def relative_filter_influence(h: Tensor, normalize: bool = True) -> Tensor:
     """(B, C) ℓ2 norm of each activation map, optionally normalised to sum 1 per sample."""
     norms = h.detach().float().flatten(2).norm(dim=2)
@@ -100,7 +80,25 @@ def catch_up_mix(h: Tensor, perm: Tensor, lam: float, normalize: bool = True
 class CatchUpMix(Method):
     """Catch-up Mix: feature mixup keeping, per channel, the pair's relatively weaker map."""
 
-    Config = CatchUpConfig
+    @dataclass(frozen=True)
+    class Config:
+        taps: tuple[str, ...] = ("all",)  # candidate taps, drawn uniformly; "all" = input + every stage
+        alpha: float = 1.0  # λ ~ Beta(α, α) at feature taps
+        prob: float = 1.0  # probability that a batch is mixed (else plain cross-entropy)
+        normalize_rfi: bool = True  # RFI = per-sample ℓ2 norms normalised to sum 1; False: raw norms
+        label_weight: Literal["channels", "lambda"] = "channels"  # w = ⌊λC⌋/C, or w = λ
+        input_mix: Literal["cutmix", "mixup"] = "cutmix"  # the mix used when the input tap is drawn
+        input_alpha: float = 1.0  # α of the input-level mix
+
+        def __post_init__(self) -> None:
+            check_alpha(self.alpha)
+            check_alpha(self.input_alpha, "input_alpha")
+            check_probability(self.prob, "prob")
+            if self.label_weight not in ("channels", "lambda"):
+                raise UserError(f"label_weight={self.label_weight!r}: use 'channels' or 'lambda'")
+            if self.input_mix not in ("cutmix", "mixup"):
+                raise UserError(f"input_mix={self.input_mix!r}: use 'cutmix' or 'mixup'")
+
     citation = ("Kang, Kang, Kim, Catch-Up Mix: Catch-Up Class for Struggling Filters in CNN "
                 "(AAAI 2024) <https://arxiv.org/abs/2401.13193>")
 

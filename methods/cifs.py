@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustbench_lite.bench.attacks import ce_loss, pgd
+from robustbench_lite.bench.attacks.pgd import ce_loss, pgd
 from robustbench_lite.bench.backbones import Backbone
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
 

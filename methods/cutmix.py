@@ -21,21 +21,19 @@ from robustbench_lite.bench.mixing import (check_alpha, check_probability, cutmi
                                            mixed_cross_entropy, partner_permutation, sample_lambda)
 
 
-@dataclass(frozen=True)
-class CutMixConfig:
-    alpha: float = 1.0  # λ ~ Beta(α, α) sets the box area; 1.0 as in the paper
-    prob: float = 1.0  # probability that a batch is cut-mixed (else plain cross-entropy)
-
-    def __post_init__(self) -> None:
-        check_alpha(self.alpha)
-        check_probability(self.prob, "prob")
-
-
 @METHODS.register("cutmix")
 class CutMix(Method):
     """CutMix: paste a random box from a partner image; labels weighted by pasted area."""
 
-    Config = CutMixConfig
+    @dataclass(frozen=True)
+    class Config:
+        alpha: float = 1.0  # λ ~ Beta(α, α) sets the box area; 1.0 as in the paper
+        prob: float = 1.0  # probability that a batch is cut-mixed (else plain cross-entropy)
+
+        def __post_init__(self) -> None:
+            check_alpha(self.alpha)
+            check_probability(self.prob, "prob")
+
     citation = ("Yun, Han, Oh, Chun, Choe, Yoo, CutMix: Regularization Strategy to Train Strong "
                 "Classifiers with Localizable Features (ICCV 2019) <https://arxiv.org/abs/1905.04899>")
 

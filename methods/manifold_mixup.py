@@ -26,20 +26,18 @@ from robustbench_lite.bench.mixing import (check_alpha, choose, mixed_cross_entr
 NAME = "manifold_mixup"
 
 
-@dataclass(frozen=True)
-class ManifoldMixupConfig:
-    alpha: float = 2.0  # λ ~ Beta(α, α); the paper's CIFAR value
-    taps: tuple[str, ...] = ("input", "stage1", "stage2")  # drawn uniformly; "all" = input + stages
-
-    def __post_init__(self) -> None:
-        check_alpha(self.alpha)
-
-
 @METHODS.register(NAME)
 class ManifoldMixup(Method):
     """Manifold Mixup: mixup of inputs or hidden activations at a randomly drawn stage."""
 
-    Config = ManifoldMixupConfig
+    @dataclass(frozen=True)
+    class Config:
+        alpha: float = 2.0  # λ ~ Beta(α, α); the paper's CIFAR value
+        taps: tuple[str, ...] = ("input", "stage1", "stage2")  # drawn uniformly; "all" = input + stages
+
+        def __post_init__(self) -> None:
+            check_alpha(self.alpha)
+
     citation = ("Verma, Lamb, Beckham, Najafi, Mitliagkas, Lopez-Paz, Bengio, Manifold Mixup: Better "
                 "Representations by Interpolating Hidden States (ICML 2019) "
                 "<https://arxiv.org/abs/1806.05236>")

@@ -17,19 +17,17 @@ from robustbench_lite.bench.mixing import (check_alpha, mixed_cross_entropy, par
                                            sample_lambda)
 
 
-@dataclass(frozen=True)
-class MixupConfig:
-    alpha: float = 1.0  # λ ~ Beta(α, α); 1.0 is the CIFAR value of the paper and its code
-
-    def __post_init__(self) -> None:
-        check_alpha(self.alpha)
-
-
 @METHODS.register("mixup")
 class Mixup(Method):
     """mixup: cross-entropy on convex combinations of image pairs and their labels."""
 
-    Config = MixupConfig
+    @dataclass(frozen=True)
+    class Config:
+        alpha: float = 1.0  # λ ~ Beta(α, α); 1.0 is the CIFAR value of the paper and its code
+
+        def __post_init__(self) -> None:
+            check_alpha(self.alpha)
+
     citation = ("Zhang, Cisse, Dauphin, Lopez-Paz, mixup: Beyond Empirical Risk Minimization "
                 "(ICLR 2018) <https://arxiv.org/abs/1710.09412>")
 

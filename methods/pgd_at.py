@@ -19,24 +19,22 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustbench_lite.bench.attacks import pgd
+from robustbench_lite.bench.attacks.pgd import pgd
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
-
-
-@dataclass(frozen=True)
-class Config:
-    eps: float = 8 / 255  # L∞ radius of the training attack on [0, 1] images
-    steps: int = 10  # PGD iterations per batch
-    step_size: float = 2 / 255  # L∞ step of each iteration
-    random_start: bool = True  # start uniformly in the ε-ball
-    attack_in_eval_mode: bool = True  # craft in eval mode (CIFS reference); False: train mode (Madry)
 
 
 @METHODS.register("pgd_at")
 class PgdAt(Method):
     """PGD adversarial training: cross-entropy on L∞ PGD examples of the current model (Madry et al.)."""
 
-    Config = Config
+    @dataclass(frozen=True)
+    class Config:
+        eps: float = 8 / 255  # L∞ radius of the training attack on [0, 1] images
+        steps: int = 10  # PGD iterations per batch
+        step_size: float = 2 / 255  # L∞ step of each iteration
+        random_start: bool = True  # start uniformly in the ε-ball
+        attack_in_eval_mode: bool = True  # craft in eval mode (CIFS reference); False: train mode (Madry)
+
     citation = ("Madry, Makelov, Schmidt, Tsipras, Vladu, Towards Deep Learning Models Resistant to "
                 "Adversarial Attacks (ICLR 2018) <https://arxiv.org/abs/1706.06083>")
 

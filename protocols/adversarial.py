@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustbench_lite.bench.attacks import ce_loss, fgsm, input_gradient, pgd
-from robustbench_lite.bench.attacks_autoattack import autoattack
-from robustbench_lite.bench.attacks_torchattacks import TorchattacksAttack, project_linf
+from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, input_gradient, pgd
+from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
+from robustbench_lite.bench.attacks.torchattacks_adapter import TorchattacksAttack, project_linf
 from robustbench_lite.bench.evaluate import eval_mode, inference_mode, to_input
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
 from robustbench_lite.bench.seeding import derive_seed, generator
@@ -52,23 +52,6 @@ CIFAR_LINF_EPSILONS = (2 / 255, 4 / 255, 8 / 255)
 CIFAR_L2_EPSILONS = (0.25, 0.5)
 WORST_CASE = "worst_case"
 ATTACK_ORDER = ("fgsm", "pgd", "pgd_adaptive", "autoattack")  # then torchattacks, worst case
-
-
-@dataclass(frozen=True)
-class Config:
-    epsilons: tuple[float, ...] = ()  # L∞ radii on [0, 1] images; () = the dataset's default grid
-    n_examples: int = 1000  # the first N test images (all of them when the split is smaller)
-    fgsm: bool = True  # FGSM: one signed step of size ε
-    pgd_steps: int = 20  # PGD iterations
-    pgd_step_size: float = 2 / 255  # L∞ step, capped at ε/4 for smaller radii
-    pgd_random_start: bool = True  # uniform start in the ball (Madry); False: start at the input
-    pgd_restarts: int = 1  # PGD runs per example; the strongest is kept
-    pgd_l2: bool = False  # also PGD-L2 (same steps, step ε/4) over `l2_epsilons`
-    l2_epsilons: tuple[float, ...] = ()  # L2 radii; () = the dataset's default grid
-    autoattack: bool = False  # AutoAttack via pyautoattack (slow); seeded from the run's seed
-    autoattack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
-    autoattack_attacks: tuple[str, ...] = ()  # with version custom, e.g. apgd-ce,apgd-t
-    torchattacks: tuple[str, ...] = ()  # torchattacks class names, e.g. CW,DeepFool
 
 
 @dataclass(frozen=True)
@@ -85,7 +68,23 @@ class Attack:
 class Adversarial(Protocol):
     """Clean and robust accuracy under FGSM, PGD (and AutoAttack) over an ε grid, with validity flags."""
 
-    Config = Config
+    @dataclass(frozen=True)
+    class Config:
+        epsilons: tuple[float, ...] = ()  # L∞ radii on [0, 1] images; () = the dataset's default grid
+        n_examples: int = 1000  # the first N test images (all of them when the split is smaller)
+        fgsm: bool = True  # FGSM: one signed step of size ε
+        pgd_steps: int = 20  # PGD iterations
+        pgd_step_size: float = 2 / 255  # L∞ step, capped at ε/4 for smaller radii
+        pgd_random_start: bool = True  # uniform start in the ball (Madry); False: start at the input
+        pgd_restarts: int = 1  # PGD runs per example; the strongest is kept
+        pgd_l2: bool = False  # also PGD-L2 (same steps, step ε/4) over `l2_epsilons`
+        l2_epsilons: tuple[float, ...] = ()  # L2 radii; () = the dataset's default grid
+        autoattack: bool = False  # AutoAttack via pyautoattack (slow); seeded from the run's seed
+        autoattack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
+        autoattack_attacks: tuple[str, ...] = ()  # with version custom, e.g. apgd-ce,apgd-t
+        torchattacks: tuple[str, ...] = ()  # torchattacks class names, e.g. CW,DeepFool
+
+    cell_keys = ("attack", "epsilon")
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         model = ctx.train().eval()

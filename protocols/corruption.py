@@ -6,7 +6,7 @@ Perturbations" (ICLR 2019) <https://arxiv.org/abs/1903.12261>.
 Data: the canonical release under --data-root when present (cifar10 -> CIFAR-10-C, cifar100 ->
 CIFAR-100-C, tinyimagenet -> Tiny-ImageNet-C, imagenet -> ImageNet-C), otherwise the test split
 corrupted on the fly by a named backend (the batched engine by default, or the per-image reference)
-with the parameter table of the nearest image size (`bench/corruptions.py`), cached under
+with the parameter table of the nearest image size (`bench/corruptions/tables.py`), cached under
 --cache-dir in the CIFAR-C layout. Generated sets use a fixed seed (`seed`), so every method and run
 seed sees the same corrupted images.
 
@@ -18,7 +18,6 @@ are built, from the run files present then, so the order in which the runs were 
 matter; a missing reference run leaves a footnote. A method that is its own reference has
 mCE = relative mCE = 100 %.
 
-Deviation: the protocol writes its severity-curve figure to `<results>/figures/` itself.
 """
 
 from __future__ import annotations
@@ -33,15 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustbench_lite.bench.corruption_data import (
+from robustbench_lite.bench.corruptions.sets import (
     CANONICAL_FOLDERS, CorruptionArrays, CorruptionFolders, generated_arrays)
-from robustbench_lite.bench.corruptions import (
+from robustbench_lite.bench.corruptions.tables import (
     ALL, BENCHMARK, EXTRA, SEVERITIES, load_backend, parse_corruptions, table_for)
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import predict
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
-from robustbench_lite.bench.results import CELL_KEYS
+from robustbench_lite.bench.results import cell_columns
 
 from . import corruption_metrics as metrics
 from .corruption_figures import severity_figure
@@ -51,19 +50,6 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-@dataclass(frozen=True)
-class CorruptionConfig:
-    """Settings of the corruption protocol."""
-
-    corruptions: str = "all"  # all | benchmark | extra | comma-separated names
-    severities: tuple[int, ...] = SEVERITIES  # severities evaluated (mCE needs all five)
-    n_examples: int = 0  # test images per cell (first N; evenly spaced for folders); 0 = all
-    backend: str = "engine"  # generator of on-the-fly sets: engine (batched) | reference (per image)
-    reference: str = AUTO  # alexnet_imagenet | alexnet_cifar10_pushpull | a method name | auto
-    seed: int = 0  # seed of generated sets (independent of the run seed)
-    figure: bool = True  # write the severity-curve PNG under <results>/figures/
-
-
 _NOT_COMPARED = ("reference", "figure")  # settings that do not change the measured errors
 
 
@@ -71,7 +57,19 @@ _NOT_COMPARED = ("reference", "figure")  # settings that do not change the measu
 class Corruption(Protocol):
     """Common corruptions (15 + 4 extra, 5 severities): mean corruption error, mCE, relative mCE."""
 
-    Config = CorruptionConfig
+    @dataclass(frozen=True)
+    class Config:
+        """Settings of the corruption protocol."""
+
+        corruptions: str = "all"  # all | benchmark | extra | comma-separated names
+        severities: tuple[int, ...] = SEVERITIES  # severities evaluated (mCE needs all five)
+        n_examples: int = 0  # test images per cell (first N; evenly spaced for folders); 0 = all
+        backend: str = "engine"  # generator of on-the-fly sets: engine (batched) | reference (per image)
+        reference: str = AUTO  # alexnet_imagenet | alexnet_cifar10_pushpull | a method name | auto
+        seed: int = 0  # seed of generated sets (independent of the run seed)
+        figure: bool = True  # the runner writes the severity-curve PNG under <results>/figures/
+
+    cell_keys = ("corruption", "severity", "reference")
     columns = (Column("mean corr. error", "mean_corruption_error", higher_is_better=False),
                Column("clean acc", "accuracy", {"corruption": "", "severity": ""}),
                Column("corr. acc", "corruption_accuracy"))
@@ -100,11 +98,16 @@ class Corruption(Protocol):
                Measurement("canonical_files", float(canonical))]
         out += [Measurement("accuracy", value, n, {"corruption": c, "severity": s})
                 for (c, s), (value, n) in accuracies.items()]
-        out += summary(acc)
-        if cfg.figure:
-            severity_figure(acc, clean[0], f"{ctx.method_name} · {ctx.dataset.name} · "
-                            f"{ctx.recipe.backbone} · seed {ctx.seed}", figure_path(ctx))
-        return out
+        return out + summary(acc)
+
+    def figures(self, measurements: list[Measurement], title: str) -> dict:
+        """The run's severity curves (unless `figure` is off)."""
+        cells = {(m.cell["corruption"], m.cell["severity"]): m.value for m in measurements
+                 if m.metric == "accuracy" and m.cell.get("corruption")}
+        clean = [m.value for m in measurements if m.metric == "accuracy" and not m.cell]
+        if not self.config.figure or not cells or not clean:
+            return {}
+        return {"severity": severity_figure(cells, clean[0], title)}
 
     def _severities(self) -> tuple[int, ...]:
         chosen = tuple(sorted(set(self.config.severities)))
@@ -176,7 +179,7 @@ class Corruption(Protocol):
                     label = "relative mCE" if metric.startswith("relative") else "mCE"
                     undefined.setdefault((label, name, str(err)), set()).add(method)
                 out.append({**run.iloc[0].to_dict(), "metric": metric, "value": value, "n": 0,
-                            **{k: "" for k in CELL_KEYS}, "reference": name})
+                            **{k: "" for k in cell_columns(rows)}, "reference": name})
         notes = [f"mCE vs {name} not computed for {', '.join(sorted(methods))}: {why}"
                  for (name, why), methods in sorted(missing.items())]
         notes += [f"{label} vs {name} undefined (—) for {', '.join(sorted(methods))}: {why}"
@@ -224,11 +227,6 @@ class Corruption(Protocol):
             notes.append("corruptions generated on the fly (parameter table of the nearest image "
                          "size: CIFAR-10-C constants up to 84 px), not the canonical -C files")
         return notes
-
-
-def figure_path(ctx: RunContext) -> Path:
-    return (ctx.results_dir / "figures" /
-            f"corruption-{ctx.dataset.name}-{ctx.method_name}-{ctx.recipe.backbone}-s{ctx.seed}.png")
 
 
 def _accuracy(model, batches, batch_size: int) -> tuple[float, int]:

@@ -1,28 +1,21 @@
-"""Figures of the corruption protocol: one run's severity curves, and a comparison across methods.
-
-Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend switch); PNGs
-carry no version metadata, so the same numbers give the same bytes.
-"""
+"""Figures of the corruption protocol: one run's severity curves, and a comparison across methods
+(drawn with `bench/figures.py`, written by the runner and the leaderboard)."""
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
-from robustbench_lite.bench.corruptions import ALL, BENCHMARK, FAMILIES, SEVERITIES
+from robustbench_lite.bench.corruptions.tables import ALL, BENCHMARK, FAMILIES, SEVERITIES
+from robustbench_lite.bench.figures import new_figure
 
 _FAMILY_ORDER = ("noise", "blur", "weather", "digital", "extra")
 
 
-def severity_figure(accuracies: Mapping[tuple[str, int], float], clean: float, title: str,
-                    path: Path) -> Path:
+def severity_figure(accuracies: Mapping[tuple[str, int], float], clean: float, title: str):
     """Accuracy against severity (0 = clean) per corruption family and the mean over the 15."""
-    fig, ax = _figure(1, (6.0, 4.0))
+    fig, ax = new_figure(1, (6.0, 4.0))
     ax = ax[0]
     severities = sorted({s for _, s in accuracies})
     for family in _FAMILY_ORDER:
@@ -37,10 +30,10 @@ def severity_figure(accuracies: Mapping[tuple[str, int], float], clean: float, t
         ax.plot([0, *severities], [clean, *mean], color="black", linewidth=2.5, marker="s",
                 label=f"mean of {len(benchmark)}")
     _axes(ax, "severity (0 = clean)", "top-1 accuracy", title, [0, *severities])
-    return _save(fig, path)
+    return fig
 
 
-def comparison_figure(rows: pd.DataFrame, path: Path) -> Path:
+def comparison_figure(rows: pd.DataFrame):
     """Methods side by side from the long-format run rows of one (dataset, preset) leaderboard.
 
     Left: mean accuracy over the benchmark corruptions against severity (0 = clean). Right: error
@@ -50,7 +43,7 @@ def comparison_figure(rows: pd.DataFrame, path: Path) -> Path:
     rows["severity"] = rows["severity"].astype(str)
     rows["label"] = rows["method"] + " · " + rows["backbone"]
     labels = sorted(rows["label"].unique())
-    fig, (left, right) = _figure(2, (13.0, 4.5), width_ratios=(1, 2))
+    fig, (left, right) = new_figure(2, (13.0, 4.5), width_ratios=(1, 2))
     for label in labels:
         own = rows[rows["label"] == label]
         curve = _severity_curve(own)
@@ -65,7 +58,7 @@ def comparison_figure(rows: pd.DataFrame, path: Path) -> Path:
     _axes(left, "severity (0 = clean)", "mean top-1 accuracy (15 corruptions)", "", [0, *SEVERITIES])
     _axes(right, "", "error (mean over severities)", "", None)
     fig.suptitle(", ".join(sorted(rows["dataset"].unique())) + " · corruptions")
-    return _save(fig, path)
+    return fig
 
 
 def _severity_curve(rows: pd.DataFrame) -> list[tuple[int, float]]:
@@ -86,16 +79,6 @@ def _per_corruption(rows: pd.DataFrame) -> dict[str, float]:
     return {c: float(means[c]) for c in ALL if c in means.index}
 
 
-def _figure(columns: int, size: tuple[float, float], **grid):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, columns, gridspec_kw=grid or None, squeeze=False)[0]
-    return fig, list(axes)
-
-
 def _axes(ax, xlabel: str, ylabel: str, title: str, xticks) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -106,20 +89,3 @@ def _axes(ax, xlabel: str, ylabel: str, title: str, xticks) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-
-
-def _save(fig, path: Path) -> Path:
-    """Write the PNG through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

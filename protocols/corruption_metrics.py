@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-from robustbench_lite.bench.corruptions import ALL, BENCHMARK
+from robustbench_lite.bench.corruptions.tables import ALL, BENCHMARK
 from robustbench_lite.bench.errors import UserError
 
 NINETEEN = ALL

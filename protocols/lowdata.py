@@ -20,7 +20,7 @@ about as many updates as the full split. The protocol works on any registered da
 
 Deviations from GLICO: subsets are drawn here (GLICO reads the fixed split files of Barz & Denzler),
 several subset seeds are averaged, and CUB images are stored as the central 256 square (see
-`bench/cub.py`).
+`bench/datasets/cub.py`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from robustbench_lite.bench.data import ImageDataset, Split
+from robustbench_lite.bench.datasets import ImageDataset, Split
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import accuracy
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
@@ -51,15 +51,7 @@ GENERIC_SHOTS = (5, 10, 20, 50)
 IMAGENET_WEIGHTS = {"resnet50": "ResNet50_Weights.IMAGENET1K_V1"}  # what the backbone factory loads
 
 
-@dataclass(frozen=True)
-class Config:
-    shots: tuple[int, ...] = ()  # images per class; () = the dataset's default (DEFAULT_SHOTS)
-    subset_seeds: tuple[int, ...] = (0, 1, 2)  # one subset (and training run) per seed and k
-    full_shots: int = 0  # per-class size of the full split for the epoch factor; 0 = largest class
-    pretrained: bool = True  # ImageNet init when the backbone has weights in the local torch cache
-
-
-def shots_for(config: Config, dataset_name: str) -> tuple[int, ...]:
+def shots_for(config: LowData.Config, dataset_name: str) -> tuple[int, ...]:
     shots = config.shots or DEFAULT_SHOTS.get(dataset_name, GENERIC_SHOTS)
     if any(k < 1 for k in shots) or len(set(shots)) != len(shots):
         raise UserError(f"protocol.shots {shots} must be distinct positive integers; "
@@ -133,7 +125,15 @@ def center_crop(x: Tensor, size: int) -> Tensor:
 class LowData(Protocol):
     """Top-1 after training on k images per class (GLICO low-data protocol; CUB: 5/10/20/30)."""
 
-    Config = Config
+    @dataclass(frozen=True)
+    class Config:
+        shots: tuple[int, ...] = ()  # images per class; () = the dataset's default (DEFAULT_SHOTS)
+        subset_seeds: tuple[int, ...] = (0, 1, 2)  # one subset (and training run) per seed and k
+        full_shots: int = 0  # per-class size of the full split for the epoch factor; 0 = largest class
+        pretrained: bool = True  # ImageNet init when the backbone has weights in the local torch cache
+
+    trains_own_models = True  # one model per (shots, subset seed), never the default one
+    cell_keys = ("shots", "subset_seed")
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         cfg, dataset = self.config, ctx.dataset

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustbench_lite.bench.data import ImageDataset, Split, load_dataset
+from robustbench_lite.bench.datasets import ImageDataset, Split, load_dataset
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import RunContext
 from robustbench_lite.bench.recipes import Recipe

@@ -16,7 +16,7 @@ import pytest
 
 from robustbench_lite.bench import golden, leaderboard, suite
 from robustbench_lite.bench.errors import UserError
-from robustbench_lite.bench.results import CELL_KEYS, load_runs
+from robustbench_lite.bench.results import load_provenance, load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results"
@@ -27,7 +27,8 @@ def _row(metric="accuracy", value=0.9, n=100, run="r1", **cell):
     base = {"run_id": run, "method": "erm", "protocol": "clean", "dataset": "digits",
             "backbone": "tiny", "preset": "smoke", "seed": 0, "metric": metric, "value": value,
             "n": n}
-    return {**base, **{k: cell.get(k, "") for k in CELL_KEYS}}
+    keys = ("corruption", "severity", "shots")
+    return {**base, **{k: cell.get(k, "") for k in keys}}
 
 
 def test_numbers_may_move_by_one_example_and_counts_not_at_all():
@@ -57,11 +58,18 @@ def small_set(tmp_path_factory):
     return results
 
 
-def _copy(small_set, tmp_path) -> Path:
-    shutil.copytree(small_set, tmp_path / "results")
+def _copy(results: Path, tmp_path) -> Path:
+    shutil.copytree(results / "golden", tmp_path / "results" / "golden")
     return tmp_path / "results"
 
 
+@pytest.fixture
+def committed_copy(tmp_path) -> Path:
+    """A results folder holding a copy of the committed golden set."""
+    return _copy(COMMITTED, tmp_path)
+
+
+@pytest.mark.slow
 def test_a_golden_set_passes_its_own_check_and_a_moved_number_fails(small_set, tmp_path):
     results = _copy(small_set, tmp_path)
     report = golden.check(results, SMALL, progress=False)
@@ -78,10 +86,10 @@ def test_a_golden_set_passes_its_own_check_and_a_moved_number_fails(small_set, t
     assert "numbers: 1 compared, 1 drifted" in "\n".join(report.lines())
 
 
-def test_a_missing_golden_model_is_reported_as_such(small_set, tmp_path):
-    results = _copy(small_set, tmp_path)
+def test_a_missing_golden_model_is_reported_as_such(committed_copy):
+    results = committed_copy
     manifest = json.loads((results / "golden" / "manifest.json").read_text())
-    (model,) = manifest["files"]
+    (model,) = [name for name in manifest["files"] if _is_default_model(results, name, "erm")]
     (results / "golden" / model).unlink()
     del manifest["files"][model]
     (results / "golden" / "manifest.json").write_text(json.dumps(manifest))
@@ -91,16 +99,16 @@ def test_a_missing_golden_model_is_reported_as_such(small_set, tmp_path):
     assert report.numbers == [] and not report.ok  # its cells are skipped, not reported twice
 
 
-def test_a_damaged_golden_model_is_refused(small_set, tmp_path):
-    results = _copy(small_set, tmp_path)
-    (model,) = (results / "golden" / "models").glob("*.pt")
+def test_a_damaged_golden_model_is_refused(committed_copy):
+    results = committed_copy
+    model = next((results / "golden" / "models").glob("erm-*.pt"))
     model.write_bytes(model.read_bytes()[:-10])
     with pytest.raises(UserError, match="missing or damaged"):
         golden.check(results, SMALL, progress=False)
 
 
-def test_a_version_change_is_reported_apart_from_drift(small_set, tmp_path):
-    results = _copy(small_set, tmp_path)
+def test_a_version_change_is_reported_apart_from_drift(committed_copy):
+    results = committed_copy
     path = results / "golden" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["versions"]["torch"] = "2.15.0"
@@ -114,8 +122,8 @@ def test_a_version_change_is_reported_apart_from_drift(small_set, tmp_path):
     assert f"version mismatch (not drift): torch 2.15.0 -> {installed}" in text
 
 
-def test_an_interrupted_update_leaves_one_complete_set(small_set, tmp_path):
-    results = _copy(small_set, tmp_path)
+def test_an_interrupted_update_leaves_one_complete_set(committed_copy):
+    results = committed_copy
     current, new, old = (results / n for n in ("golden", "golden.new", "golden.old"))
     # interrupted while the new set was written: the old set stays, the partial one is ignored
     shutil.copytree(current, new)
@@ -132,6 +140,7 @@ def test_an_interrupted_update_leaves_one_complete_set(small_set, tmp_path):
     assert golden.golden_dir(results) == current and (current / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_update_reuses_golden_models_and_trains_only_new_ones(small_set, tmp_path):
     results = _copy(small_set, tmp_path)
     before = json.loads((results / "golden" / "manifest.json").read_text())["files"]
@@ -141,6 +150,13 @@ def test_update_reuses_golden_models_and_trains_only_new_ones(small_set, tmp_pat
     for name, digest in before.items():
         assert after[name] == digest  # the ERM model was reused, not retrained
     assert not (results / "golden.new").exists() and not (results / "golden.old").exists()
+
+
+def _is_default_model(results: Path, name: str, method: str) -> bool:
+    """Whether golden model `name` is the default model of `method` (not a low-data one)."""
+    runs = load_provenance(results / "golden")
+    return any(Path(name).name in meta.get("models", []) for run_id, meta in runs.items()
+               if run_id.startswith(f"{method}-clean-"))
 
 
 def _committed_probe(method: str, cache: Path) -> tuple[float, float]:
@@ -178,8 +194,9 @@ def test_check_fails_on_a_broken_method(monkeypatch, tmp_path):
     assert not report.ok
 
 
-def test_leaderboard_regeneration_is_byte_identical_and_staleness_is_detected(small_set, tmp_path):
-    results = _copy(small_set, tmp_path) / "golden"
+def test_leaderboard_regeneration_is_byte_identical_and_staleness_is_detected(committed_copy,
+                                                                             tmp_path):
+    results = committed_copy / "golden"
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{leaderboard.BEGIN}\nold\n{leaderboard.END}\noutro\n")
     leaderboard.write(results, readme)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs the command line in a subprocess
+
 SMOKE = ["--preset", "smoke", "--no-progress"]
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from robustbench_lite.bench import leaderboard
-from robustbench_lite.bench.attacks import margin_loss
+from robustbench_lite.bench.attacks.pgd import margin_loss
 from robustbench_lite.bench.cli import main
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.method import METHODS, Method
 from robustbench_lite.bench.protocol import Measurement, PROTOCOLS
 from robustbench_lite.bench.results import RunInfo, write_run
-from robustbench_lite.protocols.adversarial import (Adversarial, Config, format_epsilon,
+from robustbench_lite.protocols.adversarial import (Adversarial, format_epsilon,
                                                     validity_flags, worst_case)
 
 EPSILONS = (2 / 255, 4 / 255, 8 / 255)
@@ -58,7 +58,7 @@ def test_validity_flags_catch_each_violation():
 
 def test_protocol_rows_on_a_trained_tiny_model(run_context):
     ctx = run_context("erm")
-    rows = Adversarial(Config(epsilons=EPSILONS, n_examples=24, pgd_steps=5)).run(ctx)
+    rows = Adversarial(Adversarial.Config(epsilons=EPSILONS, n_examples=24, pgd_steps=5)).run(ctx)
     acc = robust(rows)
     clean = next(m.value for m in rows if m.metric == "accuracy")
     assert {a for a, _ in acc} == {"fgsm", "pgd", "worst_case"}
@@ -69,7 +69,7 @@ def test_protocol_rows_on_a_trained_tiny_model(run_context):
     flags = [m for m in rows if m.metric.startswith("flag_")]
     assert {m.metric for m in flags} >= {"flag_zero_gradient", "flag_pgd_weaker_than_fgsm",
                                          "flag_rises_with_epsilon", "flag_robust_above_clean"}
-    again = Adversarial(Config(epsilons=EPSILONS, n_examples=24, pgd_steps=5)).run(ctx)
+    again = Adversarial(Adversarial.Config(epsilons=EPSILONS, n_examples=24, pgd_steps=5)).run(ctx)
     assert rows == again  # seeded random starts: identical measurements
 
 
@@ -83,14 +83,14 @@ class MarginAttacked(Method):
 def test_adaptive_attack_enters_the_worst_case(run_context, tiny_dataset):
     ctx = run_context("erm")
     ctx.method = MarginAttacked()
-    rows = Adversarial(Config(epsilons=(8 / 255,), n_examples=16, pgd_steps=3, fgsm=False)).run(ctx)
+    rows = Adversarial(Adversarial.Config(epsilons=(8 / 255,), n_examples=16, pgd_steps=3, fgsm=False)).run(ctx)
     acc = robust(rows)
     assert set(acc) == {("pgd", 8 / 255), ("pgd_adaptive", 8 / 255), ("worst_case", 8 / 255)}
     assert acc["worst_case", 8 / 255] <= min(acc["pgd", 8 / 255], acc["pgd_adaptive", 8 / 255])
 
 
 def test_pgd_l2_has_its_own_grid_and_stays_out_of_the_linf_worst_case(run_context):
-    rows = Adversarial(Config(epsilons=(4 / 255,), n_examples=8, pgd_steps=2, fgsm=False,
+    rows = Adversarial(Adversarial.Config(epsilons=(4 / 255,), n_examples=8, pgd_steps=2, fgsm=False,
                               pgd_l2=True, l2_epsilons=(0.25, 0.5))).run(run_context("erm"))
     assert set(robust(rows)) == {("pgd", 4 / 255), ("worst_case", 4 / 255), ("pgd_l2", 0.25),
                                  ("pgd_l2", 0.5)}
@@ -107,7 +107,7 @@ def test_dataset_default_grids(run_context, digits):
 def test_torchattacks_by_name_is_projected_into_the_ball(run_context):
     pytest.importorskip("torchattacks")
     ctx = run_context("erm")
-    protocol = Adversarial(Config(epsilons=(2 / 255, 8 / 255), n_examples=8, pgd_steps=2,
+    protocol = Adversarial(Adversarial.Config(epsilons=(2 / 255, 8 / 255), n_examples=8, pgd_steps=2,
                                   fgsm=False, torchattacks=("DeepFool", "FGSM")))
     model = ctx.train()
     attacks = {a.name: a for a in protocol.attacks(ctx, model)}
@@ -118,7 +118,7 @@ def test_torchattacks_by_name_is_projected_into_the_ball(run_context):
         for eps, adv in attacks[name].craft(x, y, (2 / 255, 8 / 255)):
             assert (adv - x).abs().max().item() <= eps + 1e-6 and 0 <= adv.min() and adv.max() <= 1
     with pytest.raises(UserError, match="no attack 'Nonsense'"):
-        Adversarial(Config(torchattacks=("Nonsense",))).attacks(ctx, model)
+        Adversarial(Adversarial.Config(torchattacks=("Nonsense",))).attacks(ctx, model)
 
 
 @pytest.mark.parametrize("module,field", [("torchattacks", {"torchattacks": ("CW",)}),
@@ -126,7 +126,7 @@ def test_torchattacks_by_name_is_projected_into_the_ball(run_context):
 def test_missing_optional_library_is_a_user_error(run_context, monkeypatch, module, field):
     monkeypatch.setitem(__import__("sys").modules, module, None)  # import now raises ImportError
     ctx = run_context("erm")
-    protocol = Adversarial(Config(epsilons=(8 / 255,), n_examples=4, pgd_steps=1, **field))
+    protocol = Adversarial(Adversarial.Config(epsilons=(8 / 255,), n_examples=4, pgd_steps=1, **field))
     with pytest.raises(UserError, match="pip install"):
         protocol.run(ctx)
 
@@ -145,7 +145,7 @@ def _write(results: Path, method: str, flags: dict[str, float], seed: int = 0) -
                      Measurement("flag_rises_with_epsilon", flags.get("rises", 0.0), 10,
                                  {"attack": "fgsm"})]
     info = RunInfo(method, "adversarial", "digits", "tiny", "default", seed, f"h{method}", "{}")
-    write_run(results, info, measurements, {})
+    write_run(results, info, measurements, {}, Adversarial.cell_keys)
 
 
 def test_leaderboard_footnotes_and_columns_from_run_files(tmp_path):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.bench.attacks import ce_loss, fgsm, margin_loss, pgd
+from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, margin_loss, pgd
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -209,7 +209,7 @@ def test_bad_arguments_are_rejected():
 
 def test_autoattack_is_not_weaker_than_pgd(fitted):
     pytest.importorskip("pyautoattack")
-    from robustbench_lite.bench.attacks_autoattack import autoattack
+    from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 
     model, x, y = fitted
     x, y, eps = x[:16], y[:16], 16 / 255
@@ -229,7 +229,7 @@ def test_autoattack_is_not_weaker_than_pgd(fitted):
 
 def test_autoattack_is_seeded_and_handles_a_model_that_differentiates_inside_forward():
     pytest.importorskip("pyautoattack")
-    from robustbench_lite.bench.attacks_autoattack import autoattack
+    from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 
     torch.manual_seed(0)
     model = GradientInForward().eval()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from robustbench_lite.bench.backbones import build_backbone
 from robustbench_lite.bench.method import METHODS, Batch, StepContext
-from robustbench_lite.methods.pgd_at import Config, PgdAt
+from robustbench_lite.methods.pgd_at import PgdAt
 
 
 def _setup(seed: int = 0):
@@ -31,7 +31,7 @@ def _bn_means(model):
 
 def test_paper_defaults_and_registration():
     assert METHODS.get("pgd_at") is PgdAt
-    cfg = Config()
+    cfg = PgdAt.Config()
     assert (cfg.eps, cfg.steps, cfg.step_size, cfg.random_start, cfg.attack_in_eval_mode) == \
         (8 / 255, 10, 2 / 255, True, True)
 
@@ -59,7 +59,7 @@ def test_eval_mode_crafting_leaves_batch_norm_statistics_alone_train_mode_moves_
     before = _bn_means(model)
     PgdAt().adversarial_batch(model, batch, _ctx(0))
     assert all(torch.equal(a, b) for a, b in zip(before, _bn_means(model)))
-    madry = PgdAt(dataclasses.replace(Config(), attack_in_eval_mode=False))
+    madry = PgdAt(dataclasses.replace(PgdAt.Config(), attack_in_eval_mode=False))
     madry.adversarial_batch(model, batch, _ctx(0))
     assert model.training
     assert not all(torch.equal(a, b) for a, b in zip(before, _bn_means(model)))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_lite.bench import cifar
-from robustbench_lite.bench.data import load_dataset
+from robustbench_lite.bench.datasets import cifar
+from robustbench_lite.bench.datasets import load_dataset
 from robustbench_lite.bench.errors import UserError
 
 ROWS = 3  # images per batch file

@@ -4,9 +4,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from robustbench_lite.bench.config import apply_overrides, parse_overrides, stable_hash
+from robustbench_lite.bench import settings
+from robustbench_lite.bench.config import apply_overrides, stable_hash
 from robustbench_lite.bench.errors import UserError
-from robustbench_lite.bench.runner import split_overrides
+from robustbench_lite.bench.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,8 @@ class Cfg:
 
 
 def test_values_are_converted_to_field_types():
-    cfg = apply_overrides(Cfg(), parse_overrides(
-        ["alpha=0.4", "steps=20", "taps=input,stage1", "flag=true", "name=y", "limit=none"]), "m")
+    pairs = ["alpha=0.4", "steps=20", "taps=input,stage1", "flag=true", "name=y", "limit=none"]
+    cfg = apply_overrides(Cfg(), settings.parse(pairs)["method"], "m")
     assert cfg == Cfg(alpha=0.4, steps=20, taps=("input", "stage1"), flag=True, name="y", limit=None)
 
 
@@ -43,12 +44,16 @@ def test_bad_overrides_are_one_line_errors(pair, fragment):
 
 def test_malformed_pair_is_an_error():
     with pytest.raises(UserError, match="key=value"):
-        parse_overrides(["alpha"])
+        settings.parse(["alpha"])
 
 
-def test_prefixes_route_overrides():
-    method, protocol, recipe = split_overrides({"alpha": "1", "protocol.n": "2", "recipe.lr": "3"})
-    assert method == {"alpha": "1"} and protocol == {"n": "2"} and recipe == {"lr": "3"}
+def test_prefixes_route_settings_to_their_owner():
+    scoped = settings.parse(["alpha=1", "protocol.n=2", "recipe.lr=3", "mixup.beta=4",
+                             "clean.m=5"])
+    assert settings.for_run(scoped, "mixup", "clean") == Settings(
+        {"alpha": "1", "beta": "4"}, {"n": "2", "m": "5"}, {"lr": "3"})
+    with pytest.raises(UserError, match="neither recipe, protocol, nor this run's method"):
+        settings.for_run(scoped, "erm", "clean")
 
 
 def test_stable_hash_ignores_key_order():

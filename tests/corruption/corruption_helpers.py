@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage
 
-from robustbench_lite.bench.corruptions import ALL
+from robustbench_lite.bench.corruptions import sets
+from robustbench_lite.bench.corruptions.tables import ALL
 
 
 def colour_images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -22,15 +23,13 @@ def write_cifar_c(folder: Path, clean: np.ndarray, labels: np.ndarray,
                   corruptions=ALL) -> dict[tuple[str, int], np.ndarray]:
     """Write a CIFAR-C folder for NHWC `clean` images: severity s of corruption number k is the clean
     block with a (k, s)-seeded noise of amplitude 12 * s. Returns {(corruption, severity): block}."""
-    folder.mkdir(parents=True, exist_ok=True)
     blocks = {}
-    for k, name in enumerate(corruptions):
-        rows = []
-        for s in range(1, 6):
-            noise = np.random.default_rng(100 * k + s).normal(0, 12 * s, clean.shape)
-            block = np.clip(clean + noise, 0, 255).astype(np.uint8)
-            blocks[(name, s)] = block
-            rows.append(block)
-        np.save(folder / f"{name}.npy", np.concatenate(rows))
-    np.save(folder / "labels.npy", np.tile(labels, 5).astype(np.uint8))
+
+    def block(name: str, severity: int) -> np.ndarray:
+        k = list(corruptions).index(name)
+        noise = np.random.default_rng(100 * k + severity).normal(0, 12 * severity, clean.shape)
+        blocks[(name, severity)] = np.clip(clean + noise, 0, 255).astype(np.uint8)
+        return blocks[(name, severity)]
+
+    sets.write_cifar_c(folder, labels, block, corruptions)
     return blocks

@@ -14,16 +14,17 @@ import torch
 from robustbench_lite.bench import leaderboard
 from robustbench_lite.bench.cli import main
 from robustbench_lite.bench.config import config_dict
-from robustbench_lite.bench.corruptions import ALL, BENCHMARK, EXTRA
-from robustbench_lite.bench.data import ImageDataset, Split
+from robustbench_lite.bench.corruptions.tables import ALL, BENCHMARK, EXTRA
+from robustbench_lite.bench.datasets import ImageDataset, Split
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import accuracy
+from robustbench_lite.bench.figures import write_png
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import RunContext
 from robustbench_lite.bench.recipes import Recipe
 from robustbench_lite.bench.results import RunInfo, load_provenance, load_runs, write_run
 from robustbench_lite.protocols import corruption_metrics as metrics
-from robustbench_lite.protocols.corruption import Corruption, CorruptionConfig, figure_path
+from robustbench_lite.protocols.corruption import Corruption
 from robustbench_lite.protocols.corruption_figures import comparison_figure
 
 from corruption_helpers import colour_images, write_cifar_c
@@ -66,7 +67,7 @@ def test_canonical_cifar10_c_files_are_evaluated_cell_by_cell(tmp_path):
     clean = dataset.test.x.permute(0, 2, 3, 1).numpy()
     blocks = write_cifar_c(tmp_path / "data" / "CIFAR-10-C", clean, dataset.test.y.numpy())
     ctx = _context(tmp_path, dataset)
-    protocol = Corruption(CorruptionConfig(reference="alexnet_cifar10_pushpull"))
+    protocol = Corruption(Corruption.Config(reference="alexnet_cifar10_pushpull"))
     out = protocol.run(ctx)
     model = ctx.train()  # the cached model the protocol evaluated
     assert _one(out, "canonical_files") == 1.0
@@ -95,7 +96,9 @@ def test_canonical_cifar10_c_files_are_evaluated_cell_by_cell(tmp_path):
     assert derived[("erm", "mce_19", "alexnet_cifar10_pushpull")] == pytest.approx(
         metrics.mce(errors, ref, ALL))
     assert notes == []
-    assert figure_path(ctx).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = protocol.figures(out, "erm").values()
+    path = write_png(figure, tmp_path / "severity.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_malformed_canonical_files_stop_the_run_before_evaluation(tmp_path):
@@ -112,7 +115,8 @@ def _write(tmp_path, ctx, protocol, measurements, timestamp=None):
                    ctx.seed, "0123abcd", "{}")
     provenance = {"recipe": asdict(ctx.recipe), "protocol_config": config_dict(protocol.config),
                   "seed": ctx.seed, **ctx.provenance}
-    return write_run(ctx.results_dir, info, measurements, provenance, timestamp)
+    return write_run(ctx.results_dir, info, measurements, provenance, Corruption.cell_keys,
+                     timestamp)
 
 
 def _derived(tmp_path, protocol):
@@ -124,7 +128,7 @@ def _derived(tmp_path, protocol):
 
 def test_generated_sets_and_a_baseline_run_as_reference_in_any_order(tmp_path):
     dataset = _dataset("toy", size=16, n_test=16)
-    protocol = Corruption(CorruptionConfig(corruptions="gaussian_noise,fog,contrast,saturate"))
+    protocol = Corruption(Corruption.Config(corruptions="gaussian_noise,fog,contrast,saturate"))
     other_ctx = _context(tmp_path, dataset, method="other")
     other = protocol.run(other_ctx)
     _write(tmp_path, other_ctx, protocol, other, "2026-01-01T00:00:00+00:00")
@@ -162,7 +166,7 @@ def test_generated_sets_and_a_baseline_run_as_reference_in_any_order(tmp_path):
 
 def test_undefined_relative_mce_is_nan_with_a_footnote(tmp_path):
     dataset = _dataset("toy", size=16, n_test=16)
-    protocol = Corruption(CorruptionConfig(corruptions="fog,contrast"))
+    protocol = Corruption(Corruption.Config(corruptions="fog,contrast"))
     for method in ("erm", "other"):
         ctx = _context(tmp_path, dataset, method=method)
         out = protocol.run(ctx)
@@ -180,7 +184,7 @@ def test_undefined_relative_mce_is_nan_with_a_footnote(tmp_path):
 
 def test_leaderboard_columns_notes_and_comparison_figure(tmp_path):
     dataset = _dataset("toy", size=16, n_test=16)
-    protocol = Corruption(CorruptionConfig(corruptions="fog,contrast,speckle_noise"))
+    protocol = Corruption(Corruption.Config(corruptions="fog,contrast,speckle_noise"))
     for method, seed in (("erm", 0), ("other", 0), ("other", 1)):
         ctx = _context(tmp_path, dataset, method=method, seed=seed)
         _write(tmp_path, ctx, protocol, protocol.run(ctx))
@@ -199,10 +203,10 @@ def test_leaderboard_columns_notes_and_comparison_figure(tmp_path):
     table = pd.read_csv(io.StringIO(csv))
     assert set(table["method"]) == {"erm", "other"}
     assert table.set_index("method").loc["other", "seeds"] == 2
-    path = comparison_figure(rows, tmp_path / "cmp.png")
+    path = write_png(comparison_figure(rows), tmp_path / "cmp.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     first = path.read_bytes()
-    comparison_figure(rows, path)
+    write_png(comparison_figure(rows), path)
     assert path.read_bytes() == first  # regenerated byte for byte
 
 
@@ -213,8 +217,8 @@ def test_cli_run_on_the_embedded_dataset(tmp_path):
                  "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
                  "--no-progress"])
     assert code == 0
-    assert (tmp_path / "results" / "figures" / "corruption-digits-erm-tiny-s0.png").is_file()
     sidecar = next((tmp_path / "results" / "runs" / "corruption").glob("*.json"))
+    assert (tmp_path / "results" / "figures" / f"{sidecar.stem}-severity.png").is_file()
     assert json.loads(sidecar.read_text())["protocol_config"]["n_examples"] == 24
     rows = load_runs(tmp_path / "results")
     cells = rows[(rows.metric == "accuracy") & (rows.corruption != "")]
@@ -224,8 +228,8 @@ def test_cli_run_on_the_embedded_dataset(tmp_path):
 def test_bad_settings_are_user_errors(tmp_path):
     ctx = _context(tmp_path, _dataset("toy", size=16, n_test=8))
     with pytest.raises(UserError, match="severities"):
-        Corruption(CorruptionConfig(severities=(0, 6))).run(ctx)
+        Corruption(Corruption.Config(severities=(0, 6))).run(ctx)
     with pytest.raises(UserError, match="unknown corruption backend"):
-        Corruption(CorruptionConfig(backend="gpu")).run(ctx)
+        Corruption(Corruption.Config(backend="gpu")).run(ctx)
     with pytest.raises(UserError, match="unknown reference 'alexnet'"):
-        Corruption(CorruptionConfig(corruptions="fog", reference="alexnet")).run(ctx)
+        Corruption(Corruption.Config(corruptions="fog", reference="alexnet")).run(ctx)

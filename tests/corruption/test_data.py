@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from robustbench_lite.bench import corruption_data
-from robustbench_lite.bench.corruption_data import (
+from robustbench_lite.bench.corruptions import sets as corruption_data
+from robustbench_lite.bench.corruptions.sets import (
     CorruptionArrays, CorruptionFolders, generated_arrays)
-from robustbench_lite.bench.corruptions import CIFAR, image_seed
-from robustbench_lite.bench.data import Split
+from robustbench_lite.bench.corruptions.tables import CIFAR, image_seed
+from robustbench_lite.bench.datasets import Split
 from robustbench_lite.bench.errors import UserError
 
 from corruption_helpers import colour_images, write_cifar_c
@@ -110,7 +110,7 @@ def test_generated_sets_use_the_canonical_layout_and_are_reused(tmp_path, clean,
     fog = np.load(folder / "fog.npy")
     assert fog.shape == (60, 32, 32, 3) and fog.dtype == np.uint8
     assert np.array_equal(np.load(folder / "labels.npy"), np.tile(clean.y.numpy()[:12], 5))
-    from robustbench_lite.bench.corruption_reference import corrupt
+    from robustbench_lite.bench.corruptions.reference import corrupt
     image = _nhwc(clean)[7]
     assert np.array_equal(fog[2 * 12 + 7], corrupt(image, "fog", 3, CIFAR, image_seed(0, "fog", 3, 7)))
 

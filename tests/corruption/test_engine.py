@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_lite.bench import corruption_engine as engine
-from robustbench_lite.bench import corruption_reference as ref
-from robustbench_lite.bench.corruptions import ALL, CIFAR, load_backend
-from robustbench_lite.bench.random_streams import Streams
+from robustbench_lite.bench.corruptions import engine
+from robustbench_lite.bench.corruptions import reference as ref
+from robustbench_lite.bench.corruptions.tables import ALL, CIFAR, load_backend
+from robustbench_lite.bench.corruptions.random_streams import Streams
 
 from corruption_helpers import colour_images
 

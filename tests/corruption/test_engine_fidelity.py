@@ -17,6 +17,7 @@ N_IMAGES = 200  # the first 200 of the 450 digits test images, to keep the test 
 SEVERITIES = (1, 3, 5)
 
 
+@pytest.mark.slow
 def test_engine_errors_match_the_reference_within_two_points(digits, tmp_path):
     recipe = Recipe(backbone="tiny", epochs=3, batch_size=64, lr=0.05, crop_padding=2, flip=False)
     job = TrainJob(METHODS.get("erm")(), "erm", digits, recipe, seed=0)

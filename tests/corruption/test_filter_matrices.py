@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_lite.bench import corruption_reference as ref
-from robustbench_lite.bench import filter_matrices as fm
+from robustbench_lite.bench.corruptions import reference as ref
+from robustbench_lite.bench.corruptions import filter_matrices as fm
 
 cv2 = pytest.importorskip("cv2")
 ndimage = pytest.importorskip("scipy.ndimage")

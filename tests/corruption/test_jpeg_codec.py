@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from robustbench_lite.bench.jpeg_codec import round_trip
+from robustbench_lite.bench.corruptions.jpeg_codec import round_trip
 
 from corruption_helpers import colour_images
 

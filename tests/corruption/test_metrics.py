@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from robustbench_lite.bench.corruptions import ALL, BENCHMARK
+from robustbench_lite.bench.corruptions.tables import ALL, BENCHMARK
 from robustbench_lite.protocols import corruption_metrics as m
 
 # Strisciuglio et al. (NCAA 2020), Table 2: CIFAR-10-C error (%) per corruption, in the paper's row

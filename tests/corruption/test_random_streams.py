@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_lite.bench.random_streams import Streams, mix
+from robustbench_lite.bench.corruptions.random_streams import Streams, mix
 
 SEEDS = [0, 5, 2**31 - 1, 2**31, 2**32 + 5, 2**62 + 7, 2**63 - 1]
 

@@ -10,8 +10,8 @@ import pytest
 import scipy.ndimage
 from PIL import Image
 
-from robustbench_lite.bench import corruption_reference as ref
-from robustbench_lite.bench.corruptions import (
+from robustbench_lite.bench.corruptions import reference as ref
+from robustbench_lite.bench.corruptions.tables import (
     ALL, BENCHMARK, CIFAR, EXTRA, IMAGENET, PARAMETERS, CorruptionTable, image_seed,
     parse_corruptions, table_for)
 from robustbench_lite.bench.errors import UserError
@@ -188,7 +188,7 @@ def test_noise_statistics_follow_the_cifar_constants():
 
 
 def test_missing_libraries_name_the_extra_to_install(monkeypatch):
-    from robustbench_lite.bench.corruptions import load_backend
+    from robustbench_lite.bench.corruptions.tables import load_backend
 
     ref._libraries.cache_clear()
     monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # import cv2 now fails

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from robustbench_lite.bench import cub
-from robustbench_lite.bench.data import load_dataset
+from robustbench_lite.bench.datasets import cub
+from robustbench_lite.bench.datasets import load_dataset
 from robustbench_lite.bench.errors import UserError
 
 CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]

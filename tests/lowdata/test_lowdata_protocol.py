@@ -86,7 +86,7 @@ def _recorded_training(ctx):
 
 
 def test_subsets_and_recipes_do_not_depend_on_the_method(run_context):
-    protocol = LowData(lowdata.Config(shots=(2, 4), subset_seeds=(0, 1)))
+    protocol = LowData(lowdata.LowData.Config(shots=(2, 4), subset_seeds=(0, 1)))
     recorded = []
     for method in ("erm", "mixup"):
         ctx = run_context(method)
@@ -104,7 +104,7 @@ def test_subsets_and_recipes_do_not_depend_on_the_method(run_context):
 def test_measurements_encode_seeds_means_std_and_pretraining(run_context):
     ctx = run_context("erm")
     _recorded_training(ctx)
-    rows = LowData(lowdata.Config(shots=(3, 20), subset_seeds=(0, 1, 2))).run(ctx)
+    rows = LowData(lowdata.LowData.Config(shots=(3, 20), subset_seeds=(0, 1, 2))).run(ctx)
     by = {(m.metric, tuple(sorted(m.cell.items()))): m for m in rows}
     chance = (ctx.dataset.test.y == 0).float().mean().item()  # the constant model's accuracy
     for k in (3, 20):
@@ -144,16 +144,16 @@ def test_invalid_settings_are_user_errors(run_context):
     ctx = run_context("erm")
     _recorded_training(ctx)
     with pytest.raises(UserError, match="distinct positive"):
-        LowData(lowdata.Config(shots=(0, 5))).run(ctx)
+        LowData(lowdata.LowData.Config(shots=(0, 5))).run(ctx)
     with pytest.raises(UserError, match="subset_seeds is empty"):
-        LowData(lowdata.Config(shots=(5,), subset_seeds=())).run(ctx)
+        LowData(lowdata.LowData.Config(shots=(5,), subset_seeds=())).run(ctx)
 
 
 def test_default_shots_are_looked_up_by_dataset_name():
-    assert lowdata.shots_for(lowdata.Config(), "cub200") == (5, 10, 20, 30)
-    assert lowdata.shots_for(lowdata.Config(), "digits") == (5, 20)
-    assert lowdata.shots_for(lowdata.Config(), "cifar10") == lowdata.GENERIC_SHOTS
-    assert lowdata.shots_for(lowdata.Config(shots=(10, 5)), "cub200") == (5, 10)
+    assert lowdata.shots_for(lowdata.LowData.Config(), "cub200") == (5, 10, 20, 30)
+    assert lowdata.shots_for(lowdata.LowData.Config(), "digits") == (5, 20)
+    assert lowdata.shots_for(lowdata.LowData.Config(), "cifar10") == lowdata.GENERIC_SHOTS
+    assert lowdata.shots_for(lowdata.LowData.Config(shots=(10, 5)), "cub200") == (5, 10)
 
 
 def test_cli_runs_the_protocol_and_builds_the_leaderboard(tmp_path, capsys):
@@ -185,7 +185,7 @@ def test_cub_fixture_trains_on_224_crops_and_tests_on_the_centre_crop(tmp_path, 
                                                                       run_context):
     from test_cub import write_cub
 
-    from robustbench_lite.bench.data import load_dataset
+    from robustbench_lite.bench.datasets import load_dataset
 
     monkeypatch.setenv("RBL_CACHE", str(tmp_path / "cache"))
     write_cub(tmp_path / "data")
@@ -194,7 +194,7 @@ def test_cub_fixture_trains_on_224_crops_and_tests_on_the_centre_crop(tmp_path, 
     ctx = run_context("erm", dataset=dataset, recipe=recipe)
     seen = []
     monkeypatch.setattr(lowdata, "accuracy", lambda model, x, y, bs: seen.append(x.shape) or 0.5)
-    rows = LowData(lowdata.Config(shots=(2,), subset_seeds=(0,))).run(ctx)
+    rows = LowData(lowdata.LowData.Config(shots=(2,), subset_seeds=(0,))).run(ctx)
     assert seen == [(6, 3, 224, 224)]
     assert {m.metric: m.value for m in rows if m.cell == {"shots": 2}}["epoch_factor"] == 2
     assert list(ctx.cache_dir.glob("erm-cub200-*.pt"))  # a real training run went through the cache

@@ -10,7 +10,7 @@ import torch
 from robustbench_lite.bench.evaluate import accuracy
 from robustbench_lite.bench.method import METHODS, Batch, StepContext, as_updates
 from robustbench_lite.bench.recipes import Recipe
-from robustbench_lite.bench.train import TrainJob
+from robustbench_lite.bench.train import TrainJob, apply_update
 
 ALL = METHODS.names()
 RECIPE = Recipe(backbone="tiny", epochs=1, batch_size=16, lr=0.05, crop_padding=2, flip=False)
@@ -30,10 +30,7 @@ def _one_step(name: str, dataset, seed: int = 0):
     model.train()
     losses = []
     for update in as_updates(method.training_step(model, method.train_transform(batch, ctx), ctx)):
-        total = sum(update.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
+        apply_update(optimizer, update, name, ctx)
         losses.append({k: v.item() for k, v in update.items()})
     return model, before, losses
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustbench_lite.bench import sweep
+from robustbench_lite.bench import settings, sweep
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.runner import resolve, run_context
+from robustbench_lite.bench.settings import Settings
 from robustbench_lite.bench.sweep import Grid, Options, plan, requests, run_sweep
 
 TWO_WORKERS = Options(workers=2, cpus_per_job=1)
@@ -40,20 +41,22 @@ def test_plan_has_a_training_job_per_method_and_seed_and_an_evaluation_per_cell(
 
 
 def test_settings_reach_only_the_methods_and_protocols_that_have_them(tmp_path):
-    grid = Grid(("erm", "mixup"), ("clean", "adversarial"),
-                overrides={"protocol.n_examples": "7", "alpha": "0.3", "recipe.epochs": "2",
-                           "adversarial.pgd_steps": "3"})
-    sets = {(r.method, r.protocol): r.overrides for r in requests(grid, tmp_path, tmp_path)}
-    assert sets["erm", "clean"] == {"recipe.epochs": "2"}
-    assert sets["mixup", "adversarial"] == {"recipe.epochs": "2", "alpha": "0.3",
-                                            "protocol.n_examples": "7", "protocol.pgd_steps": "3"}
+    grid = Grid(("erm", "mixup"), ("clean", "adversarial"), overrides=settings.parse(
+        ["protocol.n_examples=7", "alpha=0.3", "recipe.epochs=2", "adversarial.pgd_steps=3"]))
+    sets = {(r.method, r.protocol): r.settings for r in requests(grid, tmp_path, tmp_path)}
+    assert sets["erm", "clean"] == Settings({}, {}, {"epochs": "2"})
+    assert sets["mixup", "adversarial"] == Settings({"alpha": "0.3"},
+                                                    {"n_examples": "7", "pgd_steps": "3"},
+                                                    {"epochs": "2"})
     resolved = resolve(next(r for r in requests(grid, tmp_path, tmp_path) if r.method == "mixup"))
     assert resolved.method.config.alpha == 0.3 and resolved.recipe.epochs == 2
-    for bad in ({"protocol.nonexistent": "1"}, {"nonexistent": "1"}, {"nowhere.k": "1"}):
+    for bad in (["protocol.nonexistent=1"], ["nonexistent=1"], ["nowhere.k=1"]):
         with pytest.raises(UserError, match="--set"):
-            plan(dataclasses.replace(grid, overrides=bad), tmp_path / "r", tmp_path / "c")
+            plan(dataclasses.replace(grid, overrides=settings.parse(bad)), tmp_path / "r",
+                 tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_local_sweep_writes_every_cell_with_logs_and_leaderboards(local_sweep):
     summary = local_sweep.summary
     assert summary.ok and summary.attempts == 6 and sorted(summary.succeeded) == \
@@ -69,6 +72,7 @@ def test_local_sweep_writes_every_cell_with_logs_and_leaderboards(local_sweep):
     assert sorted(board.method) == ["erm", "mixup"] and (board["clean acc"] > 0.3).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["submitit-local", "ray"])
 def test_every_executor_gives_the_same_leaderboards(local_sweep, sweep_on, executor, tmp_path):
     pytest.importorskip(executor.split("-")[0])
@@ -81,11 +85,13 @@ def test_every_executor_gives_the_same_leaderboards(local_sweep, sweep_on, execu
             (local_sweep.results / "leaderboards" / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_submits_nothing(local_sweep, grid):
     again = run_sweep(grid, TWO_WORKERS, local_sweep.results, local_sweep.cache, progress=False)
     assert again.submitted == [] and again.attempts == 0 and len(again.skipped) == 4
 
 
+@pytest.mark.slow
 def test_a_lost_run_file_is_redone_alone(local_sweep, grid, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(local_sweep.results, results)
@@ -98,6 +104,7 @@ def test_a_lost_run_file_is_redone_alone(local_sweep, grid, tmp_path):
     assert pd.read_csv(lost).value.tolist() == expected
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_with_its_log_and_the_rerun_redoes_only_it(local_sweep, grid,
                                                                               tmp_path):
     grid = dataclasses.replace(grid, protocols=("clean",), overrides={})
@@ -125,8 +132,9 @@ def test_a_failing_job_is_reported_with_its_log_and_the_rerun_redoes_only_it(loc
     assert sorted(f.stem for f in run_files(results)) == sorted([failing.name, succeeding.name])
 
 
+@pytest.mark.slow
 def test_a_failed_training_job_blocks_its_evaluations(grid, tmp_path):
-    grid = dataclasses.replace(grid, methods=("erm",), overrides={"recipe.crop_size": "40"})
+    grid = dataclasses.replace(grid, methods=("erm",), overrides={"recipe": {"crop_size": "40"}})
     summary = run_sweep(grid, Options(workers=1, cpus_per_job=1), tmp_path / "results",
                         tmp_path / "cache", progress=False)
     assert not summary.ok and summary.attempts == 1
@@ -138,8 +146,8 @@ def test_a_failed_training_job_blocks_its_evaluations(grid, tmp_path):
 def test_training_job_fills_the_cache_that_evaluations_reuse(grid, tmp_path, monkeypatch):
     small = dataclasses.replace(grid, methods=("erm",), protocols=("clean",), overrides={})
     req = requests(small, tmp_path / "results", tmp_path / "cache")[0]
-    req = dataclasses.replace(req, overrides={"recipe.train_limit": "64", "recipe.epochs": "1"})
-    checkpoint = Path(sweep.train_job(req))
+    req = dataclasses.replace(req, settings=Settings(recipe={"train_limit": "64", "epochs": "1"}))
+    checkpoint = Path(sweep.train_job(req, resolve(req)))
     assert checkpoint.exists() and checkpoint.parent == tmp_path / "cache"
     trained = checkpoint.stat().st_mtime_ns
     ctx = run_context(req, resolve(req))

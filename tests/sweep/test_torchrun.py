@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +23,7 @@ from robustbench_lite.bench.errors import UserError
 TOLERANCE = 0.05  # absolute clean accuracy, DDP (per-rank BatchNorm on half batches) vs one process
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_like_one_process_and_only_rank0_writes(local_sweep, tmp_path):
     results, cache = tmp_path / "results", tmp_path / "cache"
     proc = subprocess.run(
@@ -97,6 +99,7 @@ def _rank_checks(rank: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow
 def test_ddp_wrapper_on_two_ranks(tmp_path):
     context = multiprocessing.get_context("spawn")
     port = _free_port()

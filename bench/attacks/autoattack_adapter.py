@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attacks import autograd_always
-from .errors import UserError
-from .evaluate import eval_mode
+from .pgd import autograd_always
+from ..errors import UserError
+from ..evaluate import eval_mode
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 

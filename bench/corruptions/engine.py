@@ -1,6 +1,6 @@
 """Batched torch implementation of the 19 common corruptions (the "engine" backend), CPU or CUDA.
 
-The same math as the per-image reference backend (`corruption_reference.py`, after Hendrycks &
+The same math as the per-image reference backend (`reference.py`, after Hendrycks &
 Dietterich, ICLR 2019), driven by the same parameter tables (`corruptions.CIFAR`, `IMAGENET`), but
 every operation runs on a whole batch: noise by element-wise ops, linear filters (Gaussian, disk,
 zoom) as small matrix products (`filter_matrices`), motion and glass blur by gathers, elastic
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import filter_matrices as fm
-from .corruptions import CorruptionTable
-from .errors import UserError
+from .tables import CorruptionTable
+from ..errors import UserError
 from .jpeg_codec import round_trip
 from .random_streams import Streams, shr
 

@@ -30,10 +30,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .atomic import write_atomic
-from .cache import default_cache_dir
-from .data import DATASETS, ImageDataset, Split
-from .errors import UserError
+from ..atomic import ensure_folder, write_atomic
+from ..cache import default_cache_dir
+from .core import DATASETS, ImageDataset, Split
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE) -> np.n
 def _save_atomically(path: Path, array: np.ndarray) -> None:
     """Cache the decoded images; a cache folder that cannot be written is only a warning."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent, "the CUB image cache", "decoding again next time")
         write_atomic(path, lambda handle: np.save(handle, array), hint="decoding again next time")
     except (OSError, UserError) as err:
         log.warning("not caching decoded CUB images in %s (%s)", path.parent, err)

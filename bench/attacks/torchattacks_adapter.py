@@ -17,8 +17,8 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from .attacks import autograd_always
-from .errors import UserError
+from .pgd import autograd_always
+from ..errors import UserError
 
 INSTALL = "pip install --no-deps torchattacks"
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluate import eval_mode, inference_mode
+from ..evaluate import eval_mode, inference_mode
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """(model, x, y) -> per-sample loss of shape (B,), which an untargeted attack maximises."""

@@ -1,7 +1,7 @@
 """The common corruptions: names, families, severity parameter tables, and the backends that apply them.
 
 The single source of truth for every corruption implementation (the per-image reference backend in
-`corruption_reference.py`, and any faster backend): the parameter tables are plain data, one tuple of
+`reference.py`, and any faster backend such as `engine.py`): the parameter tables are plain data, one tuple of
 five per-severity parameters per corruption, documented in `PARAMETERS`.
 
 Two tables exist, because the constants of Hendrycks & Dietterich (ICLR 2019) depend on the image size:
@@ -25,8 +25,8 @@ from types import ModuleType
 
 import numpy as np
 
-from .errors import UserError
-from .seeding import derive_seed
+from ..errors import UserError
+from ..seeding import derive_seed
 
 BENCHMARK = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
              "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
@@ -197,8 +197,8 @@ Backend = Callable[[np.ndarray, str, int, CorruptionTable, Sequence[int]], np.nd
 """corrupt(images uint8 (N, H, W, 3), corruption, severity, table, per-image seeds) -> same shape."""
 
 BACKENDS: Mapping[str, str] = {
-    "reference": "robustbench_lite.bench.corruption_reference",
-    "engine": "robustbench_lite.bench.corruption_engine",
+    "reference": "robustbench_lite.bench.corruptions.reference",
+    "engine": "robustbench_lite.bench.corruptions.engine",
 }
 """Backend name -> module exposing `corrupt_batch` (a `Backend`), `VERSION` (an int, bumped
 whenever its output changes; it keys the cache of generated sets), and optionally `require()`

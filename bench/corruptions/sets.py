@@ -16,11 +16,10 @@ Every source yields, per (corruption, severity), batches of (images uint8 (B, 3,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -30,11 +29,11 @@ from filelock import FileLock
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .atomic import write_atomic
-from .config import stable_hash
-from .corruptions import SEVERITIES, CorruptionTable, image_seed, load_backend
-from .data import Split
-from .errors import UserError
+from ..atomic import ensure_folder, write_atomic
+from ..config import stable_hash
+from ..datasets import Split
+from ..errors import UserError
+from .tables import SEVERITIES, CorruptionTable, image_seed, load_backend
 
 CANONICAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C",
                      "tinyimagenet": "Tiny-ImageNet-C", "imagenet": "ImageNet-C"}
@@ -194,13 +193,9 @@ def generated_arrays(test: Split, dataset: str, corruptions: Sequence[str], tabl
     under `<cache_dir>/corruptions/<dataset>-<fingerprint>/`, generated once and reused."""
     clean = test.subset(torch.arange(min(limit or len(test), len(test))))
     module = load_backend(backend)
-    key = _fingerprint(clean, table, backend, module.VERSION, seed)
+    key = _set_key(clean, table, backend, module.VERSION, seed)
     folder = Path(cache_dir) / "corruptions" / f"{dataset}-{key}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the corruption cache {folder} ({err.strerror}); "
-                        f"pass a writable --cache-dir") from None
+    ensure_folder(folder, "the corruption cache", "pass a writable --cache-dir")
     images = clean.x.permute(0, 2, 3, 1).contiguous().numpy()
     with FileLock(str(folder / ".lock")):  # one process generates, the others wait and reuse
         if not (folder / "labels.npy").exists():
@@ -241,13 +236,32 @@ def _pool(jobs: int):
         yield pool
 
 
-def _fingerprint(clean: Split, table: CorruptionTable, backend: str, version: int, seed: int) -> str:
-    digest = hashlib.sha256(clean.x.numpy().tobytes())
-    digest.update(clean.y.numpy().tobytes())
-    return stable_hash({"data": digest.hexdigest(), "table": table.name,
+def _set_key(clean: Split, table: CorruptionTable, backend: str, version: int, seed: int) -> str:
+    return stable_hash({"data": clean.fingerprint(), "table": table.name,
                         "params": dict(table.severities), "frost": table.frost_scale,
                         "backend": backend, "backend_version": version, "seed": seed}, length=12)
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     write_atomic(path, lambda handle: np.save(handle, array), hint="pass a writable --cache-dir")
+
+
+def write_cifar_c(folder: Path, labels: np.ndarray, severity_block: Callable[[str, int], np.ndarray],
+                  corruptions: Sequence[str]) -> None:
+    """Write a folder in the CIFAR-10-C release layout: per corruption `<name>.npy` with severities
+    1..5 stacked, (5 N, H, W, 3) uint8, and `labels.npy`, (5 N,) uint8. Each file is filled through
+    a memory map one severity at a time (`severity_block(name, s)` gives its N images), so a
+    full-size layout never sits in memory (tests and `perf` write fixtures with it)."""
+    ensure_folder(folder, "the CIFAR-C folder", "pick a writable folder")
+    n = len(labels)
+    np.save(folder / "labels.npy", np.tile(labels, 5).astype(np.uint8))
+    for name in corruptions:
+        array = None
+        for severity in SEVERITIES:
+            block = severity_block(name, severity)
+            if array is None:
+                array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+",
+                                                  dtype=np.uint8, shape=(5 * n, *block.shape[1:]))
+            array[(severity - 1) * n:severity * n] = block
+        array.flush()
+        del array

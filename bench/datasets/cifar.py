@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DATASETS, ImageDataset, Split
-from .errors import UserError
+from .core import DATASETS, ImageDataset, Split
+from ..errors import UserError
 
 ROW_SIZE = 3 * 32 * 32
 
