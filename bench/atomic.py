@@ -21,6 +21,18 @@ def ensure_folder(folder: Path, what: str, hint: str) -> Path:
     return folder
 
 
+def check_writable(folder: Path, what: str, hint: str) -> Path:
+    """`ensure_folder`, then prove that a file can be created in it (before hours of work)."""
+    ensure_folder(folder, what, hint)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".writable.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"cannot write to {what} {folder} ({err.strerror}); {hint}") from None
+    return folder
+
+
 def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb", hint: str = "",
                  **open_kwargs) -> None:
     """Call `write(handle)` on a temporary file next to `path`, then rename it onto `path`.

@@ -239,11 +239,17 @@ def resnext29(num_classes: int, mean, std) -> Backbone:
 
 @BACKBONES.register("resnet50")
 def resnet50(num_classes: int, mean, std, pretrained: bool = False) -> Backbone:
-    """torchvision ResNet-50 for 224-px data; ImageNet weights only from the local torch cache."""
+    """torchvision ResNet-50 for 224-px data; ImageNet weights only from the local torch cache
+    (checked against their published digest, `weights.py`)."""
     from torchvision.models import ResNet50_Weights
     from torchvision.models import resnet50 as tv_resnet50
 
-    net = tv_resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
+    from .weights import local_state_dict
+
+    net = tv_resnet50(weights=None)
+    if pretrained:
+        weights = ResNet50_Weights.IMAGENET1K_V1
+        net.load_state_dict(local_state_dict(weights.url, f"ImageNet weights of resnet50 ({weights})"))
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [(f"stage{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]

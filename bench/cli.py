@@ -12,7 +12,7 @@ from filelock import FileLock
 from tabulate import tabulate
 
 from . import distributed, golden, leaderboard, settings, suite, sweep
-from .atomic import ensure_folder
+from .atomic import check_writable
 from .backbones import BACKBONES
 from .cache import default_cache_dir
 from .datasets import DATASETS
@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="regenerate leaderboard CSV and markdown from run files")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--readme", type=Path, default=Path("README.md"),
-                   help="README whose tables between the leaderboard markers are regenerated")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="README whose tables between the leaderboard markers are regenerated "
+                        "(default: the README.md beside the results folder, if it has them)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if a committed leaderboard differs from a regeneration")
 
@@ -145,7 +146,7 @@ def _first_line(obj: object) -> str:
 
 def _results_lock(results_dir: Path) -> FileLock:
     """Serialises writers of one results folder (run files and derived leaderboards)."""
-    ensure_folder(results_dir, "results folder", "pass a writable --results-dir")
+    check_writable(results_dir, "the results folder", "pass a writable --results-dir")
     return FileLock(str(results_dir / ".lock"))
 
 
@@ -153,7 +154,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     golden_set = golden.golden_dir(args.results_dir)
     extra = [golden_set] if (golden_set / "runs").is_dir() else []  # its own leaderboards
     if args.check:
-        changed = leaderboard.stale(args.results_dir, args.readme)
+        changed = leaderboard.stale(args.results_dir, _readme(args))
         changed += [path for folder in extra for path in leaderboard.stale(folder)]
         for path in changed:
             print(f"stale: {path}")
@@ -163,10 +164,14 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print("leaderboards are up to date")
         return 0
     with _results_lock(args.results_dir):
-        written = leaderboard.write(args.results_dir, args.readme)
+        written = leaderboard.write(args.results_dir, _readme(args))
         written += [path for folder in extra for path in leaderboard.write(folder)]
     print(f"wrote {len(written)} leaderboard files under {args.results_dir}")
     return 0
+
+
+def _readme(args: argparse.Namespace) -> Path:
+    return args.readme or args.results_dir.resolve().parent / "README.md"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -200,6 +205,7 @@ def _perf(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    pick_device(args.device)  # a device that is not here fails now, not in every job
     grid = sweep.Grid(sweep.parse_list(args.methods, "methods"),
                       sweep.parse_list(args.protocols, "protocols"),
                       sweep.parse_list(args.seeds, "seeds", int), args.dataset, args.preset,

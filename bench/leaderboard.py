@@ -7,6 +7,7 @@ aggregated over seeds as mean, std and n. Regenerating from the same run files i
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from tabulate import tabulate
 from .atomic import ensure_folder
 from .errors import UserError
 from .protocol import PROTOCOLS, Column, Protocol
-from .results import atomic_write, load_provenance, load_runs
+from .results import atomic_write, board_stems, load_provenance, load_runs
+
+log = logging.getLogger(__name__)
 
 KEY = ("method", "backbone")
 
@@ -147,8 +150,14 @@ def write(results_dir: Path, readme: Path | None = None) -> list[Path]:
     files = build(results_dir)
     if readme is not None:
         files = with_readme(files, readme)
-    for old in (results_dir / "leaderboards").glob("*"):
-        if old not in files:
+    existing = sorted((results_dir / "leaderboards").glob("*"))
+    if existing and not any(p.parent == results_dir / "leaderboards" for p in files):
+        log.warning("no readable run files under %s: the leaderboards are left as they are",
+                    results_dir / "runs")
+        return []
+    kept = board_stems(results_dir)  # a board whose runs are all damaged stays until repaired
+    for old in existing:
+        if old not in files and old.stem not in kept:
             old.unlink()
     for path, text in files.items():
         ensure_folder(path.parent, "leaderboard folder", "pass a writable --results-dir")

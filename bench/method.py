@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import Backbone
-from .config import NoConfig
+from .config import NoConfig, validate
 from .registry import Registry
 
 Losses = dict[str, Tensor]
@@ -54,6 +54,7 @@ class Method:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        validate(self.config, f"method {type(self).__name__}")
 
     def build_model(self, backbone: Backbone) -> nn.Module:
         """The network to train; `model(x)` must map [0, 1] images to logits."""

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import NoConfig
+from .config import NoConfig, validate
 from .datasets import ImageDataset, Split
 from .method import Method
 from .recipes import Recipe
@@ -81,6 +81,7 @@ class Protocol:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        validate(self.config, f"protocol {type(self).__name__}", "protocol.")
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         raise NotImplementedError

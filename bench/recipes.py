@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from .config import setting, validate
 from .errors import UserError
 
 
@@ -17,22 +18,30 @@ class Recipe:
     """Everything the trainer needs besides the method and the data."""
 
     backbone: str = "tiny"
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9
+    epochs: int = setting(15, low=1)
+    batch_size: int = setting(64, low=1)
+    lr: float = setting(0.05, low=0, low_open=True)  # peak learning rate
+    momentum: float = setting(0.9, low=0, high=1, high_open=True)
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = setting(5e-4, low=0)
     schedule: Literal["cosine", "multistep", "step", "constant"] = "cosine"
-    milestones: tuple[int, ...] = ()  # epochs at which a multistep schedule multiplies by gamma
-    step_every: int = 0  # a "step" schedule multiplies by gamma every N epochs (StepLR)
-    gamma: float = 0.1
-    crop_padding: int = 4  # random crop after zero padding; 0 disables
-    crop_size: int = 0  # training crops of this size (e.g. 224 of 256); 0 = the image size
+    # epochs at which a multistep schedule multiplies by gamma (increasing)
+    milestones: tuple[int, ...] = setting((), low=1)
+    step_every: int = setting(0, low=0)  # a "step" schedule multiplies by gamma every N epochs
+    gamma: float = setting(0.1, low=0, low_open=True)
+    crop_padding: int = setting(4, low=0)  # random crop after zero padding; 0 disables
+    crop_size: int = setting(0, low=0)  # training crops of this size (224 of 256); 0 = image size
     flip: bool = True  # random horizontal flip
-    train_limit: int = 0  # train on the first N (seeded-shuffled) images; 0 = all
-    eval_batch_size: int = 500
+    train_limit: int = setting(0, low=0)  # train on the first N (seeded-shuffled) images; 0 = all
+    eval_batch_size: int = setting(500, low=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+
+    def __post_init__(self) -> None:
+        validate(self, "the recipe", "recipe.")
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones {self.milestones} must be increasing epochs")
+        if self.schedule == "step" and self.step_every < 1:
+            raise ValueError("the 'step' schedule needs a period: step_every >= 1")
 
 
 _DIGITS = Recipe(backbone="tiny", epochs=15, batch_size=64, lr=0.05, flip=False, crop_padding=2)

@@ -123,8 +123,9 @@ def load_provenance(results_dir: Path) -> dict[str, dict]:
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
-    """All run rows under `results_dir/runs`, in a stable order."""
-    frames = [_read_run(path) for path in run_files(results_dir)]
+    """All run rows under `results_dir/runs`, in a stable order; a damaged run file is skipped
+    with a warning naming it."""
+    frames = [frame for frame in map(_read_run, run_files(results_dir)) if frame is not None]
     if not frames:
         return pd.DataFrame(columns=[*IDENTITY, *FACTS])
     rows = pd.concat(frames, ignore_index=True)
@@ -133,7 +134,38 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     return rows[[*IDENTITY, *cells, *FACTS]]
 
 
-def _read_run(path: Path) -> pd.DataFrame:
-    header = pd.read_csv(path, nrows=0).columns
-    text = {c: str for c in header if c not in ("value", "n", "seed")}
-    return pd.read_csv(path, dtype=text, keep_default_na=False)
+def _read_run(path: Path) -> pd.DataFrame | None:
+    """One run file, or None (and a warning) when it is empty, unreadable or malformed."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        text = {c: str for c in header if c not in ("value", "n", "seed")}
+        frame = pd.read_csv(path, dtype=text, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as err:
+        return _skip(path, f"is unreadable ({type(err).__name__})")
+    missing = [c for c in (*IDENTITY, *FACTS) if c not in frame.columns]
+    if missing:
+        return _skip(path, f"has no column {missing[0]!r}")
+    if frame.empty:
+        return _skip(path, "has no rows")
+    for column, kind in (("value", float), ("n", int), ("seed", int)):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.isna().any():
+            return _skip(path, f"has a non-numeric {column}")
+        frame[column] = numbers.astype(kind) if kind is int else numbers
+    return frame
+
+
+def _skip(path: Path, why: str) -> None:
+    log.warning("skipping the damaged run file %s: it %s; delete it or re-run that run", path, why)
+    return None
+
+
+def board_stems(results_dir: Path) -> set[str]:
+    """`<protocol>-<dataset>-<preset>` of every run file, readable or not (by its run id)."""
+    stems = set()
+    for path in run_files(results_dir):
+        parts = path.stem.split("-")
+        if len(parts) >= 7:
+            stems.add(f"{parts[1]}-{parts[2]}-{parts[4]}")
+    return stems

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import distributed
+from .atomic import check_writable
 from .cache import default_cache_dir
-from .config import apply_overrides, config_dict, stable_hash
-from .figures import write_png
+from .config import apply_overrides, config_dict, default_config, stable_hash
 from .datasets import load_dataset
+from .errors import UserError
+from .figures import write_png
 from .method import METHODS, Method
 from .protocol import PROTOCOLS, Measurement, Protocol, RunContext
 from .recipes import Recipe, recipe_for
 from .results import RunInfo, write_run
 from .settings import Settings
 from .train import pick_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,14 +66,15 @@ class ResolvedRun:
 def resolve(req: RunRequest) -> ResolvedRun:
     """Build the method, protocol and recipe of a request, and its run id, without running it."""
     method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
-    method = method_cls(apply_overrides(method_cls.Config(), req.settings.method,
-                                        f"method {req.method}"))
-    protocol = protocol_cls(apply_overrides(protocol_cls.Config(), req.settings.protocol,
-                                            f"protocol {req.protocol}"))
+    method_owner, protocol_owner = f"method {req.method}", f"protocol {req.protocol}"
+    method = method_cls(apply_overrides(default_config(method_cls.Config, method_owner),
+                                        req.settings.method, method_owner))
+    protocol = protocol_cls(apply_overrides(default_config(protocol_cls.Config, protocol_owner),
+                                            req.settings.protocol, protocol_owner, "protocol."))
     recipe = recipe_for(req.preset, req.dataset)
     if req.backbone:
         recipe = replace(recipe, backbone=req.backbone)
-    recipe = apply_overrides(recipe, req.settings.recipe, "the recipe")
+    recipe = apply_overrides(recipe, req.settings.recipe, "the recipe", "recipe.")
     from .backbones import BACKBONES
     BACKBONES.get(recipe.backbone)
     method_config = json.dumps(config_dict(method.config), sort_keys=True)
@@ -97,6 +103,9 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None,
     method, protocol, recipe, info = (resolved.method, resolved.protocol, resolved.recipe,
                                       resolved.info)
     ctx = run_context(req, resolved)
+    if distributed.is_main():  # fail now, not after training and measuring
+        check_writable(info.csv_path(Path(req.results_dir)).parent, "the results folder",
+                       "pass a writable --results-dir")
     started = time.time()
     measurements = protocol.run(ctx)
     provenance = {"method_config": config_dict(method.config), "protocol_config":
@@ -111,7 +120,10 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None,
                              protocol.cell_keys)
     title = f"{info.method} · {info.dataset} · {info.backbone} · {info.preset} · seed {info.seed}"
     for name, figure in protocol.figures(measurements, title).items():  # after the run file
-        write_png(figure, figure_path(Path(req.results_dir), info, name))
+        try:
+            write_png(figure, figure_path(Path(req.results_dir), info, name))
+        except UserError as err:
+            log.warning("figure %s not written (the run file is): %s", name, err)
     return RunOutcome(info, measurements, csv_path)
 
 

@@ -167,7 +167,8 @@ class Summary:
 
 
 def parse_list(text: str, what: str, kind: type = str) -> tuple:
-    """'a,b' -> ('a', 'b'), converted to `kind`; an empty or malformed list is a UserError."""
+    """'a,b' -> ('a', 'b'), converted to `kind`; an empty or malformed list, or one naming a value
+    twice, is a UserError."""
     items = [s.strip() for s in text.split(",") if s.strip()]
     try:
         values = tuple(kind(s) for s in items)
@@ -177,6 +178,9 @@ def parse_list(text: str, what: str, kind: type = str) -> tuple:
     if not values:
         raise UserError(f"--{what} is empty; give at least one, e.g. --{what} "
                         f"{'0,1,2' if kind is int else 'erm'}")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise UserError(f"--{what} {text!r} names {twice[0]} twice; list each once")
     return values
 
 

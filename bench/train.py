@@ -67,35 +67,73 @@ class TrainJob:
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device (checked to exist here), else CUDA when present, else CPU."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps (or "
+                        f"leave it out to choose automatically)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device cpu or leave "
+                        f"it out")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        f"devices (cuda:0 ..)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
 
 
 def trained_model(job: TrainJob, device: torch.device, cache_dir: Path,
                   progress: bool = True, train_missing: bool = True) -> nn.Module:
     """The trained model for `job`, from the cache when present, else trained (resuming) and cached;
     with `train_missing=False` a model missing from the cache is a `MissingModelError`."""
-    ensure_folder(cache_dir, "the model cache", "pass a writable --cache-dir")
     final = cached_model_path(job, cache_dir)
     partial = final.with_suffix(".partial.pt")
     model = job.build_model().to(device)
+    # A cached model was written atomically: it is read without the lock, so a read-only shared
+    # cache serves too.
+    if distributed.rank0_value(final.exists()):
+        return _reuse(model, final, device)
+    if not train_missing:
+        raise MissingModelError(f"no cached model {final.name} for {job.method_name} "
+                                f"({job.recipe.epochs} epochs on {len(job.train_split)} images)")
+    ensure_folder(cache_dir, "the model cache", "pass a writable --cache-dir")
     # One process trains, the others wait and reuse. Under torchrun only rank 0 locks and writes;
     # all ranks train together and follow rank 0's view of the cache.
-    with distributed.main_only(FileLock(str(final.with_suffix(".lock")))):
+    with distributed.main_only(_cache_lock(final)):
         if distributed.rank0_value(final.exists()):
-            load_weights(model, final, device)
-            log.info("reusing trained model %s", final)
-            return model.eval()
-        if not train_missing:
-            raise MissingModelError(f"no cached model {final.name} for {job.method_name} "
-                                    f"({job.recipe.epochs} epochs on {len(job.train_split)} images)")
+            return _reuse(model, final, device)
         Trainer(job, model, device, progress).fit(partial)
         if distributed.is_main():
             save_checkpoint(final, {"model": model.state_dict()})
             partial.unlink(missing_ok=True)
     return model.eval()
+
+
+def _reuse(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
+    load_weights(model, path, device)
+    log.info("reusing trained model %s", path)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _cache_lock(final: Path):
+    """Hold the training lock of one cached model; an unwritable cache is a UserError."""
+    lock = FileLock(str(final.with_suffix(".lock")))
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise UserError(f"cannot lock {final.with_suffix('.lock')} ({err.strerror or err}); "
+                        f"pass a writable --cache-dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cached_model_path(job: TrainJob, cache_dir: Path) -> Path:
@@ -107,7 +145,7 @@ def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
     """Load cached weights; weights of another architecture are a clear error."""
     try:
         model.load_state_dict(load_checkpoint(path, device)["model"])
-    except RuntimeError:
+    except (RuntimeError, KeyError, TypeError, AttributeError, ValueError):
         raise UserError(f"checkpoint {path} does not fit this model (foreign or stale file); "
                         f"delete it and re-run to retrain") from None
 
@@ -244,10 +282,7 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     if recipe.schedule == "multistep":
         epoch = step // max(1, steps_per_epoch)
         return recipe.lr * recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
-    if recipe.schedule == "step":
-        if recipe.step_every < 1:
-            raise UserError("the 'step' schedule needs a period in epochs; "
-                            "pass --set recipe.step_every=N (N >= 1)")
+    if recipe.schedule == "step":  # step_every >= 1 (checked by the recipe)
         return recipe.lr * recipe.gamma ** (step // max(1, steps_per_epoch) // recipe.step_every)
     return recipe.lr
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
 
@@ -73,12 +74,18 @@ class AugMix(Method):
 
     @dataclass(frozen=True)
     class Config:
-        severity: int = 3  # strength of the base operations (1..10)
-        mixture_width: int = 3  # augmentation chains mixed per view
-        chain_depth: int = -1  # operations per chain; -1 draws 1..3 per chain
-        alpha: float = 1.0  # Dirichlet / Beta concentration of the mixing weights
+        severity: int = setting(3, low=1, high=10)  # strength of the base operations (1..10)
+        mixture_width: int = setting(3, low=1)  # augmentation chains mixed per view
+        chain_depth: int = setting(-1, low=-1)  # operations per chain; -1 draws 1..3 per chain
+        # Dirichlet / Beta concentration of the mixing weights
+        alpha: float = setting(1.0, low=0, low_open=True)
         all_ops: bool = False  # also brightness, color, contrast, sharpness (overlap the -C set)
-        jsd_weight: float = 12.0  # weight of the Jensen-Shannon consistency term
+        # weight of the Jensen-Shannon consistency term
+        jsd_weight: float = setting(12.0, low=0)
+
+        def __post_init__(self) -> None:
+            if self.chain_depth == 0:
+                raise ValueError("chain_depth must be -1 (1..3 at random) or >= 1, not 0")
 
     def __init__(self, config=None) -> None:
         super().__init__(config)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.attacks.pgd import ce_loss, pgd
 from robustbench_lite.bench.backbones import Backbone
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
@@ -188,18 +189,23 @@ class Cifs(Method):
 
     @dataclass(frozen=True)
     class Config:
-        probe_hidden: int = 128  # hidden width of the non-linear probes
-        softplus_beta: float = 5.0  # sharpness of the non-linear probes' Softplus
-        nonlinear_probes: int = 1  # leading CIFS blocks with a non-linear probe; the rest are linear
-        top_k: int = 2  # classes whose logit gradients define channel relevance
-        temperature: float = 1.0  # softmax temperature of the channel mask
-        beta: float = 2.0  # probe weight in the joint training loss
+        probe_hidden: int = setting(128, low=1)  # hidden width of the non-linear probes
+        # sharpness of the non-linear probes' Softplus
+        softplus_beta: float = setting(5.0, low=0, low_open=True)
+        # leading CIFS blocks with a non-linear probe; the rest are linear
+        nonlinear_probes: int = setting(1, low=0)
+        top_k: int = setting(2, low=1)  # classes whose logit gradients define channel relevance
+        # softmax temperature of the channel mask
+        temperature: float = setting(1.0, low=0, low_open=True)
+        beta: float = setting(2.0, low=0)  # probe weight in the joint training loss
         adversarial: bool = True  # PGD adversarial training; False trains on clean batches
-        eps: float = 8 / 255  # L-inf radius of the training attack on [0, 1] images
-        steps: int = 10  # PGD iterations of the training attack
-        step_size: float = 2 / 255  # PGD step of the training attack
+        # L-inf radius of the training attack on [0, 1] images
+        eps: float = setting(8 / 255, low=0, high=1, low_open=True)
+        steps: int = setting(10, low=1)  # PGD iterations of the training attack
+        step_size: float = setting(2 / 255, low=0, low_open=True)  # PGD step of the training attack
         attack_loss: Literal["joint", "ce"] = "joint"  # objective of the training attack
-        beta_attack: float = 2.0  # probe weight in the joint attack loss (training and adaptive)
+        # probe weight in the joint attack loss (training and adaptive)
+        beta_attack: float = setting(2.0, low=0)
 
     def build_model(self, backbone: Backbone) -> nn.Module:
         c = self.config

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.attacks.pgd import pgd
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
 
@@ -29,9 +30,10 @@ class PgdAt(Method):
 
     @dataclass(frozen=True)
     class Config:
-        eps: float = 8 / 255  # L∞ radius of the training attack on [0, 1] images
-        steps: int = 10  # PGD iterations per batch
-        step_size: float = 2 / 255  # L∞ step of each iteration
+        # L∞ radius of the training attack on [0, 1] images
+        eps: float = setting(8 / 255, low=0, high=1, low_open=True)
+        steps: int = setting(10, low=1)  # PGD iterations per batch
+        step_size: float = setting(2 / 255, low=0, low_open=True)  # L∞ step of each iteration
         random_start: bool = True  # start uniformly in the ε-ball
         attack_in_eval_mode: bool = True  # craft in eval mode (CIFS reference); False: train mode (Madry)
 

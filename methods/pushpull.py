@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.backbones import Backbone
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.method import METHODS, Method
@@ -105,8 +106,9 @@ class PushPull(Method):
 
     @dataclass(frozen=True)
     class Config:
-        scale: float = 2.0  # h: pull kernel = push kernel upsampled by h (3x3 -> 7x7)
-        alpha: float = 1.0  # inhibition strength when fixed
+        # h: pull kernel = push kernel upsampled by h (3x3 -> 7x7)
+        scale: float = setting(2.0, low=1)
+        alpha: float = setting(1.0, low=0)  # inhibition strength when fixed
         learn_alpha: bool = False  # learn one alpha per output channel (the paper's "PP-alpha")
 
     def build_model(self, backbone: Backbone) -> nn.Module:

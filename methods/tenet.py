@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.backbones import Backbone
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import eval_mode
@@ -52,14 +53,18 @@ class Tenet(Method):
 
     @dataclass(frozen=True)
     class Config:
-        groups: int = 6  # channel groups per sample (N_G)
-        lambda_tenet: float = 0.1  # weight of the cross-entropy on the inhibited forward
-        lambda_orth: float = 1e-3  # weight of the group orthogonality loss (CIFAR value)
-        every: int = 3  # TENET update every this many steps ("thinking_alpha")
-        warmup_steps: int = 500  # plain steps before the first TENET update
-        warmup_cap: float = 0.1  # ... at most this fraction of the run's steps (short runs)
-        kmeans_iters: int = 50  # k-means iteration cap
-        kmeans_tol: float = 1e-4  # k-means stops when (sum of centre shifts)^2 < tol
+        groups: int = setting(6, low=1)  # channel groups per sample (N_G)
+        # weight of the cross-entropy on the inhibited forward
+        lambda_tenet: float = setting(0.1, low=0)
+        # weight of the group orthogonality loss (CIFAR value)
+        lambda_orth: float = setting(1e-3, low=0)
+        every: int = setting(3, low=1)  # TENET update every this many steps ("thinking_alpha")
+        warmup_steps: int = setting(500, low=0)  # plain steps before the first TENET update
+        # ... at most this fraction of the run's steps (short runs)
+        warmup_cap: float = setting(0.1, low=0, high=1)
+        kmeans_iters: int = setting(50, low=1)  # k-means iteration cap
+        # k-means stops when (sum of centre shifts)^2 < tol
+        kmeans_tol: float = setting(1e-4, low=0, low_open=True)
         tap: str = "auto"  # masked feature map; auto = the second-to-last stage
 
     def build_model(self, backbone: Backbone) -> Backbone:

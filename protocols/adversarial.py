@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, input_gradient, pgd
 from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 from robustbench_lite.bench.attacks.torchattacks_adapter import TorchattacksAttack, project_linf
@@ -70,15 +71,19 @@ class Adversarial(Protocol):
 
     @dataclass(frozen=True)
     class Config:
-        epsilons: tuple[float, ...] = ()  # L∞ radii on [0, 1] images; () = the dataset's default grid
-        n_examples: int = 1000  # the first N test images (all of them when the split is smaller)
+        # L∞ radii on [0, 1] images; () = the dataset's default grid
+        epsilons: tuple[float, ...] = setting((), low=0, high=1, low_open=True)
+        # the first N test images (all of them when the split is smaller)
+        n_examples: int = setting(1000, low=1)
         fgsm: bool = True  # FGSM: one signed step of size ε
-        pgd_steps: int = 20  # PGD iterations
-        pgd_step_size: float = 2 / 255  # L∞ step, capped at ε/4 for smaller radii
+        pgd_steps: int = setting(20, low=1)  # PGD iterations
+        # L∞ step, capped at ε/4 for smaller radii
+        pgd_step_size: float = setting(2 / 255, low=0, low_open=True)
         pgd_random_start: bool = True  # uniform start in the ball (Madry); False: start at the input
-        pgd_restarts: int = 1  # PGD runs per example; the strongest is kept
+        pgd_restarts: int = setting(1, low=1)  # PGD runs per example; the strongest is kept
         pgd_l2: bool = False  # also PGD-L2 (same steps, step ε/4) over `l2_epsilons`
-        l2_epsilons: tuple[float, ...] = ()  # L2 radii; () = the dataset's default grid
+        # L2 radii; () = the dataset's default grid
+        l2_epsilons: tuple[float, ...] = setting((), low=0, low_open=True)
         autoattack: bool = False  # AutoAttack via pyautoattack (slow); seeded from the run's seed
         autoattack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
         autoattack_attacks: tuple[str, ...] = ()  # with version custom, e.g. apgd-ce,apgd-t

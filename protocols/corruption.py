@@ -36,6 +36,7 @@ from robustbench_lite.bench.corruptions.sets import (
     CANONICAL_FOLDERS, CorruptionArrays, CorruptionFolders, generated_arrays)
 from robustbench_lite.bench.corruptions.tables import (
     ALL, BENCHMARK, EXTRA, SEVERITIES, load_backend, parse_corruptions, table_for)
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import predict
 from robustbench_lite.bench.method import METHODS
@@ -62,12 +63,19 @@ class Corruption(Protocol):
         """Settings of the corruption protocol."""
 
         corruptions: str = "all"  # all | benchmark | extra | comma-separated names
-        severities: tuple[int, ...] = SEVERITIES  # severities evaluated (mCE needs all five)
-        n_examples: int = 0  # test images per cell (first N; evenly spaced for folders); 0 = all
+        # severities evaluated (mCE against a published table needs all five)
+        severities: tuple[int, ...] = setting(SEVERITIES, low=1, high=5, nonempty=True)
+        # test images per cell (first N; evenly spaced for folders); 0 = all
+        n_examples: int = setting(0, low=0)
         backend: str = "engine"  # generator of on-the-fly sets: engine (batched) | reference (per image)
         reference: str = AUTO  # alexnet_imagenet | alexnet_cifar10_pushpull | a method name | auto
-        seed: int = 0  # seed of generated sets (independent of the run seed)
+        seed: int = setting(0, low=0)  # seed of generated sets (independent of the run seed)
         figure: bool = True  # the runner writes the severity-curve PNG under <results>/figures/
+
+        def __post_init__(self) -> None:
+            parse_corruptions(self.corruptions)  # unknown names: a one-line error
+            if len(set(self.severities)) != len(self.severities):
+                raise ValueError(f"severities {self.severities} lists a severity twice")
 
     cell_keys = ("corruption", "severity", "reference")
     columns = (Column("mean corr. error", "mean_corruption_error", higher_is_better=False),
@@ -76,10 +84,14 @@ class Corruption(Protocol):
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         cfg = self.config
-        corruptions, severities = parse_corruptions(cfg.corruptions), self._severities()
+        corruptions, severities = parse_corruptions(cfg.corruptions), tuple(sorted(cfg.severities))
         load_backend(cfg.backend, check=False)  # its libraries are needed only to generate
         reference = self.resolved_reference(ctx)
         self._check_reference(reference)
+        if reference in metrics.PUBLISHED and severities != SEVERITIES:
+            raise UserError(f"protocol.severities={','.join(map(str, severities))}: mCE against "
+                            f"{reference} averages severities 1..5; measure all five, or pass "
+                            f"--set protocol.reference=<a method> to compare with a baseline run")
         ctx.provenance["reference"] = reference  # mCE is derived against it in the leaderboard
         clock = [time.time()]
         source, canonical, clean_split = self._source(ctx, corruptions)  # before training: fail early
@@ -108,13 +120,6 @@ class Corruption(Protocol):
         if not self.config.figure or not cells or not clean:
             return {}
         return {"severity": severity_figure(cells, clean[0], title)}
-
-    def _severities(self) -> tuple[int, ...]:
-        chosen = tuple(sorted(set(self.config.severities)))
-        if not chosen or not set(chosen) <= set(SEVERITIES):
-            raise UserError(f"severities {self.config.severities} must be a non-empty subset of "
-                            f"1..5; write e.g. --set protocol.severities=1,3,5")
-        return chosen
 
     def _source(self, ctx: RunContext, corruptions: tuple[str, ...]):
         """(source of corrupted batches, canonical?, the clean images it corrupts)."""
@@ -198,6 +203,11 @@ class Corruption(Protocol):
         found = [other for other, run in runs.items()
                  if run["method"].iloc[0] == name and other in provenance
                  and _settings(provenance[other]) == wanted]
+        unreadable = sorted(other for other, run in runs.items()
+                            if run["method"].iloc[0] == name and other not in provenance)
+        if not found and unreadable:
+            return None, (f"the {name} run {unreadable[0]} has no readable sidecar "
+                          f"({unreadable[0]}.json is missing or damaged); re-run it")
         if not found:
             return None, (f"no {name} corruption run with the same dataset, recipe, seed and "
                           f"protocol settings in the results folder (run it, in any order)")

@@ -34,11 +34,13 @@ import torch
 from torch import Tensor
 
 from robustbench_lite.bench.datasets import ImageDataset, Split
+from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import accuracy
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
 from robustbench_lite.bench.recipes import Recipe
 from robustbench_lite.bench.seeding import generator
+from robustbench_lite.bench.weights import hub_file
 
 DEFAULT_SHOTS = {
     "cub200": (5, 10, 20, 30),  # GLICO; 30 is about the whole split (29-30 images per class)
@@ -104,8 +106,7 @@ def weights_file(backbone: str) -> Path | None:
     import torchvision.models as tvm
 
     enum_name, member = IMAGENET_WEIGHTS[backbone].split(".")
-    url = getattr(tvm, enum_name)[member].url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return hub_file(getattr(tvm, enum_name)[member].url)
 
 
 def backbone_init(backbone: str, wanted: bool) -> dict:
@@ -127,10 +128,20 @@ class LowData(Protocol):
 
     @dataclass(frozen=True)
     class Config:
-        shots: tuple[int, ...] = ()  # images per class; () = the dataset's default (DEFAULT_SHOTS)
-        subset_seeds: tuple[int, ...] = (0, 1, 2)  # one subset (and training run) per seed and k
-        full_shots: int = 0  # per-class size of the full split for the epoch factor; 0 = largest class
-        pretrained: bool = True  # ImageNet init when the backbone has weights in the local torch cache
+        # images per class; () = the dataset's default (DEFAULT_SHOTS)
+        shots: tuple[int, ...] = setting((), low=1)
+        # one subset (and training run) per seed and k
+        subset_seeds: tuple[int, ...] = setting((0, 1, 2), low=0, nonempty=True)
+        # per-class size of the full split for the epoch factor; 0 = the largest class
+        full_shots: int = setting(0, low=0)
+        # ImageNet init when the backbone has weights in the local torch cache
+        pretrained: bool = True
+
+        def __post_init__(self) -> None:
+            for name in ("shots", "subset_seeds"):
+                values = getattr(self, name)
+                if len(set(values)) != len(values):
+                    raise ValueError(f"{name} {values} lists a value twice")
 
     trains_own_models = True  # one model per (shots, subset seed), never the default one
     cell_keys = ("shots", "subset_seed")

@@ -64,7 +64,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path):
     (["--method", "erm", "--protocol", "clean", "--backbone", "vgg"], "unknown backbone 'vgg'"),
     (["--method", "erm", "--protocol", "clean", "--preset", "huge"], "unknown preset 'huge'"),
     (["--method", "erm", "--protocol", "clean", "--set", "alpha=1"], "has no setting 'alpha'"),
-    (["--method", "erm", "--protocol", "clean", "--set", "recipe.epochs=x"], "expected a value of type int"),
+    (["--method", "erm", "--protocol", "clean", "--set", "recipe.epochs=x"], "expected an integer"),
     (["--method", "erm", "--protocol", "clean", "--dataset", "cifar10", "--data-root", "/nonexistent/x"],
      "cifar-10-batches-py was not found under /nonexistent/x"),
 ])

@@ -63,6 +63,9 @@ class CorruptionArrays:
     def _checked_labels(self, test_labels: np.ndarray) -> Tensor:
         path = self.folder / "labels.npy"
         labels = self._load(path)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"{path} holds {labels.dtype} labels, expected integer class ids; "
+                            f"use the labels.npy of the release")
         expected = np.tile(test_labels, len(SEVERITIES))
         if labels.shape != expected.shape:
             raise UserError(f"{path} holds {labels.shape} labels, expected ({len(expected)},): 5 "

@@ -159,9 +159,17 @@ def dataset_cache_dir() -> Path:
 def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE) -> np.ndarray:
     """All images (N, 3, size, size) uint8 in image-id order, from the cache when present."""
     cached = dataset_cache_dir() / f"cub200-{fingerprint(root, index, size)}.npy"
+    shape = (len(index.paths), 3, size, size)
     if cached.exists():
-        return np.load(cached, mmap_mode="r")
-    out = np.empty((len(index.paths), 3, size, size), dtype=np.uint8)
+        try:
+            array = np.load(cached, mmap_mode="r")
+            if array.shape == shape and array.dtype == np.uint8:
+                return array
+            log.warning("the CUB image cache %s holds %s %s, not %s uint8; decoding again",
+                        cached, array.shape, array.dtype, shape)
+        except (OSError, ValueError) as err:
+            log.warning("the CUB image cache %s is damaged (%s); decoding again", cached, err)
+    out = np.empty(shape, dtype=np.uint8)
     paths = [root / "images" / p for p in index.paths]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         decoded = pool.map(lambda p: decode(p, size), paths)

@@ -32,8 +32,8 @@ def test_fractions_are_accepted_for_floats():
 
 @pytest.mark.parametrize("pair, fragment", [
     ({"beta": "1"}, "has no setting 'beta'"),
-    ({"steps": "2.5"}, "expected a value of type int"),
-    ({"steps": "ten"}, "expected a value of type int"),
+    ({"steps": "2.5"}, "expected an integer"),
+    ({"steps": "ten"}, "expected an integer"),
     ({"flag": "maybe"}, "expected true or false"),
 ])
 def test_bad_overrides_are_one_line_errors(pair, fragment):
