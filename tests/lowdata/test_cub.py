@@ -118,6 +118,15 @@ def test_second_load_comes_from_the_cache_and_edits_invalidate_it(cub_root, monk
         load_dataset("cub200", cub_root)
 
 
+def test_a_truncated_image_cache_is_decoded_again(cub_root, caplog):
+    first = load_dataset("cub200", cub_root)
+    (cached,) = (cub_root.parent / "cache" / "datasets").glob("cub200-*.npy")
+    cached.write_bytes(cached.read_bytes()[:1000])
+    again = load_dataset("cub200", cub_root)
+    assert torch.equal(first.train.x, again.train.x) and "decoding again" in caplog.text
+    assert np.load(cached).shape[0] == len(first.train) + len(first.test)  # rewritten whole
+
+
 def _break(folder: Path, name: str, edit) -> None:
     path = folder / name
     path.write_text(edit(path.read_text()))
