@@ -1,5 +1,6 @@
-"""Atomic file writes: a temporary file in the target's folder, flushed to disk, then renamed over
-the target, so a reader sees the old file or the new one and never a partial one."""
+"""Atomic file writes: a temporary file in the target's folder, flushed to disk, given the mode the
+umask allows (0644 under 022, as `open` would), then renamed over the target, so a reader sees the
+old file or the new one and never a partial one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from pathlib import Path
 from typing import IO
 
 from .errors import UserError
+
+
+def umask() -> int:
+    """This process's umask (read without changing it where the system allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def ensure_folder(folder: Path, what: str, hint: str) -> Path:
@@ -45,6 +59,7 @@ def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb", hint
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             write(handle)
             handle.flush()
+            os.chmod(handle.fileno(), 0o666 & ~umask())  # mkstemp makes 0600
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:

@@ -182,7 +182,10 @@ def _check_factory(obj: object) -> None:
         raise TypeError("a backbone factory must be a documented callable")
 
 
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", check=_check_factory)
+# Third-party backbones come in through the entry-point group `robustbench_lite.backbones`: a
+# documented factory (num_classes, mean, std) -> Backbone, imported only when named.
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", group="robustbench_lite.backbones",
+                                                check=_check_factory)
 
 
 def _cifar_resnet(depth: int, num_classes: int, mean, std) -> Backbone:

@@ -20,11 +20,25 @@ def new_figure(columns: int, size: tuple[float, float], **grid):
     return fig, list(axes)
 
 
+def png_bytes(fig) -> bytes:
+    """The PNG of `fig`, without the version metadata that would make equal figures differ."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def write_png(fig, path: Path) -> Path:
     """Write `fig` to `path` atomically."""
     ensure_folder(path.parent, "figures folder", "pass a writable --results-dir")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    write_atomic(path, lambda handle: handle.write(buffer.getvalue()),
-                 hint="pass a writable --results-dir")
+    data = png_bytes(fig)
+    write_atomic(path, lambda handle: handle.write(data), hint="pass a writable --results-dir")
     return path
+
+
+def percent_axis(ax, ylabel: str) -> None:
+    """A fixed 0-100 % y axis, so figures of different runs compare by eye."""
+    from matplotlib.ticker import PercentFormatter
+
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_ylabel(ylabel)

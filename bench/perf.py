@@ -320,3 +320,35 @@ def _memory() -> list[str]:
     peak = evaluation_peak_rss()
     return ["evaluating 19 x 50,000 CIFAR-10-C images (memory-mapped .npy) in a fresh process",
             f"peak_rss_gb={peak:.2f}"]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def cli_seconds(args: list[str], repeats: int = 3) -> float:
+    """Median wall time of `robustbench-lite ARGS` in a fresh interpreter."""
+    import statistics
+    import subprocess
+    import sys
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "robustbench_lite.bench.cli", *args],
+                       capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@section("cli")
+def _cli() -> list[str]:
+    """`--help` and `list` answer without importing torch; the baseline is a bare interpreter."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    bare = time.perf_counter() - start
+    help_s, list_s = cli_seconds(["--help"]), cli_seconds(["list"])
+    return [f"a bare python start: {bare:.2f} s; --help x{help_s / bare:.1f}, "
+            f"list x{list_s / bare:.1f} of it", f"cli_help_s={help_s:.2f}", f"cli_list_s={list_s:.2f}"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import NoConfig, validate
+from .errors import UserError
 from .datasets import ImageDataset, Split
 from .method import Method
 from .recipes import Recipe
@@ -40,8 +41,17 @@ class Column:
     label: str
     metric: str
     where: dict[str, Any] = field(default_factory=dict)
-    higher_is_better: bool = True
-    percent: bool = True
+    higher_is_better: bool | None = True  # None: neither (no arrow; e.g. a parameter count)
+    percent: bool = True  # fractions shown as percent with 2 decimals; else the number itself
+    scale: float | None = None  # e.g. 1e-6 to show a count in millions
+    digits: int | None = None  # decimals shown (default: 2 for percent, 3 otherwise)
+    thousands: bool = False  # 12,345
+    absent: str = "not measured in these runs"  # the footnote when a row has no value
+
+    def scale_and_digits(self) -> tuple[float, int]:
+        default_scale, default_digits = (100.0, 2) if self.percent else (1.0, 3)
+        return (self.scale if self.scale is not None else default_scale,
+                self.digits if self.digits is not None else default_digits)
 
 
 @dataclass
@@ -60,10 +70,19 @@ class RunContext:
     progress: bool = True
     train_missing: bool = True  # False: a model missing from the cache is an error (golden check)
     provenance: dict[str, Any] = field(default_factory=dict)  # facts the protocol adds to the sidecar
+    given: nn.Module | None = None  # `eval`: the model under test, which the suite did not train
+
+    def model(self) -> nn.Module:
+        """The model under test: the given one (`eval`), else the method trained on the training
+        split (through the cache)."""
+        return self.given.to(self.device).eval() if self.given is not None else self.train()
 
     def train(self, split: Split | None = None, recipe: Recipe | None = None,
               **backbone_kwargs) -> nn.Module:
         """The method trained on `split` (default: the training split), from the cache if present."""
+        if self.given is not None:
+            raise UserError("this protocol trains models of its own; `eval` measures a given "
+                            "model under clean, corruption or adversarial")
         job = TrainJob(self.method, self.method_name, self.dataset, recipe or self.recipe,
                        self.seed, split, backbone_kwargs or None)
         model = trained_model(job, self.device, self.cache_dir, self.progress, self.train_missing)
@@ -76,8 +95,9 @@ class Protocol:
 
     Config: ClassVar[type] = NoConfig
     columns: ClassVar[tuple[Column, ...]] = ()
-    trains_own_models: ClassVar[bool] = False  # True: never uses the default model (`ctx.train()`)
+    trains_own_models: ClassVar[bool] = False  # True: never asks for `ctx.model()`
     cell_keys: ClassVar[tuple[str, ...]] = ()  # what a number's cell can name (run-file columns)
+    hidden_metrics: ClassVar[tuple[str, ...]] = ()  # internal numbers a run does not print
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -89,6 +109,15 @@ class Protocol:
     def figures(self, measurements: list[Measurement], title: str) -> dict:
         """Figures of one run by name (matplotlib figures); the runner writes each, after the run
         file, as `<results>/figures/<run id>-<name>.png`. None by default."""
+        return {}
+
+    def comparison_figure(self, rows: pd.DataFrame, title: str):
+        """One figure comparing the methods of a leaderboard (its run rows), or None."""
+        return None
+
+    def marks(self, rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+        """A mark after a (method, backbone)'s name in the leaderboard (e.g. a failed sanity check,
+        explained by `notes`); none by default."""
         return {}
 
     def derived(self, rows: pd.DataFrame, provenance: dict[str, dict]

@@ -19,6 +19,11 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def is_valid_name(name: str) -> bool:
+    """Whether `name` can name a registry entry (and a run file's method or backbone part)."""
+    return bool(_NAME.match(name))
+
+
 class Registry(Generic[T]):
     """Maps names to objects of one kind.
 

@@ -24,7 +24,8 @@ from .protocol import Measurement
 log = logging.getLogger(__name__)
 
 IDENTITY = ("run_id", "method", "protocol", "dataset", "backbone", "preset", "metric")
-FACTS = ("value", "n", "seed", "config_hash", "method_config", "versions", "timestamp")
+FACTS = ("value", "n", "seed", "config_hash", "method_config", "versions", "timestamp", "origin")
+ORIGINS = ("trained", "evaluated")  # by the suite (`run`), or a given model (`eval`)
 # Between the two: the cell keys that the run's protocol declares (`Protocol.cell_keys`).
 
 
@@ -39,7 +40,8 @@ class RunInfo:
     preset: str
     seed: int
     config_hash: str
-    method_config: str  # JSON of the method's config
+    method_config: str  # JSON of the method's config (of a given model: its spec and weights)
+    origin: str = "trained"  # one of ORIGINS; not part of the run id
 
     @property
     def run_id(self) -> str:
@@ -77,7 +79,7 @@ def run_frame(info: RunInfo, measurements: list[Measurement], cell_keys: Sequenc
                "metric": m.metric, **{k: m.cell.get(k, "") for k in cell_keys},
                "value": float(m.value), "n": int(m.n), "seed": info.seed,
                "config_hash": info.config_hash, "method_config": info.method_config,
-               "versions": versions, "timestamp": timestamp}
+               "versions": versions, "timestamp": timestamp, "origin": info.origin}
         rows.append(row)
     return pd.DataFrame(rows, columns=[*IDENTITY, *cell_keys, *FACTS])
 
@@ -95,8 +97,7 @@ def write_run(results_dir: Path, info: RunInfo, measurements: list[Measurement],
     frame = run_frame(info, measurements, cell_keys, timestamp)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, lineterminator="\n")
-    sidecar = {**provenance, "run_id": info.run_id, "versions": frame["versions"].iloc[0]
-               if len(frame) else library_versions()}
+    sidecar = {"versions": library_versions(), **provenance, "run_id": info.run_id}
     atomic_write(csv_path.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     atomic_write(csv_path, buffer.getvalue())
     return csv_path
@@ -143,6 +144,8 @@ def _read_run(path: Path) -> pd.DataFrame | None:
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as err:
         return _skip(path, f"is unreadable ({type(err).__name__})")
+    if "origin" not in frame.columns:  # written before given models could be evaluated
+        frame["origin"] = "trained"
     missing = [c for c in (*IDENTITY, *FACTS) if c not in frame.columns]
     if missing:
         return _skip(path, f"has no column {missing[0]!r}")

@@ -1,4 +1,5 @@
-"""Run one (method, protocol, dataset, preset, seed): build, train through the cache, measure, record."""
+"""Run one (method, protocol, dataset, preset, seed): build, train through the cache, measure,
+record; or evaluate a given model (`eval`) through the same protocols and the same recording."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import distributed
+from . import distributed, environment
 from .atomic import check_writable
 from .cache import default_cache_dir
 from .config import apply_overrides, config_dict, default_config, stable_hash
@@ -51,6 +52,7 @@ class RunOutcome:
     info: RunInfo
     measurements: list[Measurement]
     csv_path: Path | None  # None on the ranks > 0 of a torchrun launch, which write nothing
+    hidden: tuple[str, ...] = ()  # the protocol's internal metrics, not printed
 
 
 @dataclass
@@ -63,14 +65,21 @@ class ResolvedRun:
     info: RunInfo
 
 
+def configured_method(name: str, settings: dict[str, str]) -> Method:
+    method_cls, owner = METHODS.get(name), f"method {name}"
+    return method_cls(apply_overrides(default_config(method_cls.Config, owner), settings, owner))
+
+
+def configured_protocol(name: str, settings: dict[str, str]) -> Protocol:
+    protocol_cls, owner = PROTOCOLS.get(name), f"protocol {name}"
+    return protocol_cls(apply_overrides(default_config(protocol_cls.Config, owner), settings,
+                                        owner, "protocol."))
+
+
 def resolve(req: RunRequest) -> ResolvedRun:
     """Build the method, protocol and recipe of a request, and its run id, without running it."""
-    method_cls, protocol_cls = METHODS.get(req.method), PROTOCOLS.get(req.protocol)
-    method_owner, protocol_owner = f"method {req.method}", f"protocol {req.protocol}"
-    method = method_cls(apply_overrides(default_config(method_cls.Config, method_owner),
-                                        req.settings.method, method_owner))
-    protocol = protocol_cls(apply_overrides(default_config(protocol_cls.Config, protocol_owner),
-                                            req.settings.protocol, protocol_owner, "protocol."))
+    method = configured_method(req.method, req.settings.method)
+    protocol = configured_protocol(req.protocol, req.settings.protocol)
     recipe = recipe_for(req.preset, req.dataset)
     if req.backbone:
         recipe = replace(recipe, backbone=req.backbone)
@@ -100,31 +109,39 @@ def run(req: RunRequest, lock: contextlib.AbstractContextManager | None = None,
     `resolved` is the request already made concrete. Under torchrun every rank trains and
     measures; only rank 0 writes."""
     resolved = resolved or resolve(req)
-    method, protocol, recipe, info = (resolved.method, resolved.protocol, resolved.recipe,
-                                      resolved.info)
     ctx = run_context(req, resolved)
+    facts = {"method_config": config_dict(resolved.method.config),
+             "method_source": METHODS.source(req.method)}
+    return measure_and_record(ctx, resolved.protocol, resolved.info, Path(req.results_dir), facts,
+                              lock)
+
+
+def measure_and_record(ctx: RunContext, protocol: Protocol, info: RunInfo, results_dir: Path,
+                       facts: dict, lock: contextlib.AbstractContextManager | None = None
+                       ) -> RunOutcome:
+    """Run the protocol in `ctx`; write its run file (with `facts` and the provenance in the
+    sidecar) and figures. Under torchrun every rank measures; only rank 0 writes."""
     if distributed.is_main():  # fail now, not after training and measuring
-        check_writable(info.csv_path(Path(req.results_dir)).parent, "the results folder",
+        check_writable(info.csv_path(results_dir).parent, "the results folder",
                        "pass a writable --results-dir")
     started = time.time()
     measurements = protocol.run(ctx)
-    provenance = {"method_config": config_dict(method.config), "protocol_config":
-                  config_dict(protocol.config), "recipe": asdict(recipe), "seed": req.seed,
-                  "method_source": METHODS.source(req.method), "device": str(ctx.device),
-                  "seconds": round(time.time() - started, 1), "command": sys.argv,
-                  "world_size": distributed.world_size(), **ctx.provenance}
+    provenance = {**facts, "protocol_config": config_dict(protocol.config),
+                  "recipe": asdict(ctx.recipe), "seed": ctx.seed, "origin": info.origin,
+                  "device": str(ctx.device), "seconds": round(time.time() - started, 1),
+                  "command": sys.argv, "world_size": distributed.world_size(),
+                  **environment.provenance(), **ctx.provenance}
     if not distributed.is_main():
-        return RunOutcome(info, measurements, None)
+        return RunOutcome(info, measurements, None, protocol.hidden_metrics)
     with lock or contextlib.nullcontext():
-        csv_path = write_run(Path(req.results_dir), info, measurements, provenance,
-                             protocol.cell_keys)
+        csv_path = write_run(results_dir, info, measurements, provenance, protocol.cell_keys)
     title = f"{info.method} · {info.dataset} · {info.backbone} · {info.preset} · seed {info.seed}"
     for name, figure in protocol.figures(measurements, title).items():  # after the run file
         try:
-            write_png(figure, figure_path(Path(req.results_dir), info, name))
+            write_png(figure, figure_path(results_dir, info, name))
         except UserError as err:
             log.warning("figure %s not written (the run file is): %s", name, err)
-    return RunOutcome(info, measurements, csv_path)
+    return RunOutcome(info, measurements, csv_path, protocol.hidden_metrics)
 
 
 def figure_path(results_dir: Path, info: RunInfo, name: str) -> Path:

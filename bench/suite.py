@@ -22,7 +22,9 @@ RUN_KEY = ("method", "protocol", "dataset", "backbone", "preset", "seed", "metri
 
 # Numbers that count or flag something: equal or drifted, whatever the machine.
 EXACT = ("flag_", "epoch_factor", "train_images", "classes_below_shots", "pretrained",
-         "canonical_files")
+         "canonical_files", "parameters", "macs")
+# Numbers about the machine, not the code (speed): recorded, never compared.
+MACHINE = ("images_per_second",)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def tolerance(metric: str, n: int, run_resolution: float) -> float:
     torch 2.14/2.15, AVX-512/AVX2/SSE kernels and 1/2 threads; one example is the margin."""
     if metric.startswith(EXACT):
         return 0.0
+    if metric.startswith(MACHINE):
+        return math.inf
     return 1.0 / n if n > 0 else run_resolution
 
 

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from . import leaderboard, settings
 from .atomic import ensure_folder
+from .executors import EXECUTORS, INSTALL_HINT
 from .config import stable_hash
 from .datasets import load_dataset
 from .errors import UserError
@@ -59,8 +60,6 @@ from .train import TrainJob, cached_model_path
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "submitit", "submitit-local", "slurm", "ray")
-INSTALL_HINT = "pip install robustbench-lite[sweep]"
 
 
 @dataclass(frozen=True)

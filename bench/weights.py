@@ -33,12 +33,10 @@ def local_state_dict(url: str, what: str) -> dict:
         raise UserError(f"{what}: {path.name} is not in the local torch cache; put it into "
                         f"{path.parent} (it is published at {url})")
     expected = _HASH.search(path.name)
-    if expected:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if not digest.startswith(expected.group(1)):
-            raise UserError(f"{what}: {path} is not the published file (its sha256 starts "
-                            f"{digest[:len(expected.group(1))]}, the name says "
-                            f"{expected.group(1)}); refused: delete it and fetch it again")
+    if expected and not digest_matches(path, expected.group(1)):
+        raise UserError(f"{what}: {path} is not the published file (its sha256 does not start "
+                        f"{expected.group(1)}, as its name says); refused: delete it and fetch it "
+                        f"again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
@@ -48,3 +46,12 @@ def local_state_dict(url: str, what: str) -> dict:
         raise UserError(f"{what}: {path} holds a {type(state).__name__}, not a state dict; "
                         f"delete it and fetch it again")
     return state
+
+
+def digest_matches(path: Path, prefix: str) -> bool:
+    """Whether the file's sha256 starts with `prefix` (read in chunks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest().startswith(prefix)

@@ -20,6 +20,10 @@ mostly robust (~87 %) through split (PGD ~26 %, well below FGSM) to broken, and 
 8/255 to see what adversarial training buys. The L2 grids are (0.25, 0.5) for CIFAR and
 (0.5, 1, 2) for digits (ERM on the first 150 digits: 89 %, 49 %, 0 %).
 
+The leaderboard ranks by the dataset's headline number, PGD at the standard radius (8/255; 4/255
+for ImageNet, as RobustBench), with clean accuracy beside it; a row whose validity checks failed is
+marked ⚠ and the failures are listed under the table.
+
 Validity checks, stored as measurements (`flag_*`, 1.0 = violated) and shown as leaderboard
 footnotes, because an architecture can mask gradients and make weak attacks look strong: robust
 accuracy must not rise with ε, PGD must not be weaker than FGSM, nor AutoAttack weaker than PGD, no
@@ -44,6 +48,7 @@ from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, input_gradient, pg
 from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 from robustbench_lite.bench.attacks.torchattacks_adapter import TorchattacksAttack, project_linf
 from robustbench_lite.bench.evaluate import eval_mode, inference_mode, to_input
+from robustbench_lite.bench.leaderboard import format_epsilon
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
 from robustbench_lite.bench.seeding import derive_seed, generator
 
@@ -52,6 +57,9 @@ L2_EPSILONS = {"digits": (0.5, 1.0, 2.0)}
 CIFAR_LINF_EPSILONS = (2 / 255, 4 / 255, 8 / 255)
 CIFAR_L2_EPSILONS = (0.25, 0.5)
 WORST_CASE = "worst_case"
+HEADLINE_EPSILON = {"imagenet": 4 / 255}  # RobustBench's ImageNet L∞ radius; 8/255 elsewhere
+_ABSENT = {"pgd_adaptive": "only for methods with an attack objective of their own (CIFS)",
+           "autoattack": "AutoAttack was not run (--set protocol.autoattack=true)"}
 ATTACK_ORDER = ("fgsm", "pgd", "pgd_adaptive", "autoattack")  # then torchattacks, worst case
 
 
@@ -92,7 +100,7 @@ class Adversarial(Protocol):
     cell_keys = ("attack", "epsilon")
 
     def run(self, ctx: RunContext) -> list[Measurement]:
-        model = ctx.train().eval()
+        model = ctx.model().eval()
         test = ctx.dataset.test
         n = min(self.config.n_examples, len(test))
         attacks = self.attacks(ctx, model)
@@ -159,23 +167,32 @@ class Adversarial(Protocol):
         return attacks
 
     def leaderboard_columns(self, rows: pd.DataFrame) -> list[Column]:
-        """The worst case at the largest L∞ ε (the ranking key), clean accuracy, then every
+        """The headline PGD at the standard ε (the ranking key), clean accuracy, then every
         (attack, ε) present, by ε and attack."""
         robust = rows[rows["metric"] == "robust_accuracy"][["attack", "epsilon"]].drop_duplicates()
         cells = sorted(zip(robust["attack"], robust["epsilon"]),
                        key=lambda c: (c[0] == "pgd_l2", float(c[1]), _attack_rank(c[0]), c[0]))
         columns = [Column(f"{a} {format_epsilon(float(e))}", "robust_accuracy",
-                          {"attack": a, "epsilon": e}) for a, e in cells]
-        worst = [c for c in columns if c.where["attack"] == WORST_CASE]
-        first = worst[-1:]
-        rest = [c for c in columns if c not in first]
-        return [*first, Column("clean acc", "accuracy"), *rest]
+                          {"attack": a, "epsilon": e}, absent=_ABSENT.get(a, "not measured"))
+                   for a, e in cells]
+        first = _headline(columns, headline_epsilon(rows["dataset"].iloc[0] if len(rows) else ""))
+        rest = [c for c in columns if c is not first]
+        return [*([first] if first else []), Column("clean acc", "accuracy"), *rest]
 
     def notes(self, rows: pd.DataFrame) -> list[str]:
         """One footnote per violated validity check of a run."""
         flags = rows[rows["metric"].str.startswith("flag_") & (rows["value"] > 0)]
         notes = [flag_note(record) for record in flags.to_dict("records")]
-        return sorted(set(notes))
+        return ["⚠ marks a row whose sanity checks against gradient masking failed:"] + \
+            sorted(set(notes)) if notes else []
+
+    def marks(self, rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+        flags = rows[rows["metric"].str.startswith("flag_") & (rows["value"] > 0)]
+        return {key: " ⚠" for key in zip(flags["method"], flags["backbone"])}
+
+    def comparison_figure(self, rows: pd.DataFrame, title: str):
+        """PGD robust accuracy against ε (0 = clean) for every (method, backbone)."""
+        return epsilon_figure(rows, title)
 
 
 def torchattacks_attack(attack: TorchattacksAttack, model: nn.Module, epsilons: tuple[float, ...]
@@ -267,12 +284,43 @@ def flag_note(record: dict) -> str:
     return f"{who}: {messages.get(record['metric'], record['metric'] + ' violated')}"
 
 
-def format_epsilon(eps: float) -> str:
-    """8/255 for multiples of 1/255 below 1, else the plain number."""
-    scaled = eps * 255
-    if 0 < eps < 1 and abs(scaled - round(scaled)) < 1e-6:
-        return f"{round(scaled)}/255"
-    return f"{eps:g}"
+def headline_epsilon(dataset: str) -> float:
+    """The standard L∞ radius of a dataset's headline number."""
+    return HEADLINE_EPSILON.get(dataset, 8 / 255)
+
+
+def _headline(columns: list[Column], eps: float) -> Column | None:
+    """PGD at `eps`, else PGD at the largest ε present, else the worst case at the largest."""
+    for attack in ("pgd", WORST_CASE):
+        found = [c for c in columns if c.where["attack"] == attack]
+        exact = [c for c in found if abs(float(c.where["epsilon"]) - eps) < 1e-9]
+        if exact or found:
+            return (exact or found)[-1]
+    return None
+
+
+def epsilon_figure(rows: pd.DataFrame, title: str):
+    from robustbench_lite.bench.figures import new_figure, percent_axis
+
+    pgd = rows[(rows["metric"] == "robust_accuracy") & (rows["attack"] == "pgd")]
+    if pgd.empty:
+        return None
+    fig, (ax,) = new_figure(1, (7.0, 4.2))
+    labels = sorted(set(zip(rows["method"], rows["backbone"])))
+    for method, backbone in labels:
+        own = rows[(rows["method"] == method) & (rows["backbone"] == backbone)]
+        clean = own[own["metric"] == "accuracy"]["value"].mean()
+        curve = own[(own["metric"] == "robust_accuracy") & (own["attack"] == "pgd")]
+        by_eps = curve.groupby(curve["epsilon"].astype(float))["value"].mean()
+        xs = [0.0, *(e * 255 for e in by_eps.index)]
+        ax.plot(xs, [100 * clean, *(100 * by_eps.values)], marker="o",
+                label=method if len({b for _, b in labels}) == 1 else f"{method} · {backbone}")
+    ax.set_xlabel("L∞ radius ε (×1/255; 0 = clean)")
+    percent_axis(ax, "PGD robust accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
 
 
 def _attack_rank(name: str) -> int:

@@ -44,7 +44,7 @@ from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Prot
 from robustbench_lite.bench.results import cell_columns
 
 from . import corruption_metrics as metrics
-from .corruption_figures import severity_figure
+from .corruption_figures import comparison_figure, severity_figure
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Corruption(Protocol):
                 raise ValueError(f"severities {self.severities} lists a severity twice")
 
     cell_keys = ("corruption", "severity", "reference")
+    hidden_metrics = ("canonical_files",)
     columns = (Column("mean corr. error", "mean_corruption_error", higher_is_better=False),
                Column("clean acc", "accuracy", {"corruption": "", "severity": ""}),
                Column("corr. acc", "corruption_accuracy"))
@@ -96,7 +97,7 @@ class Corruption(Protocol):
         clock = [time.time()]
         source, canonical, clean_split = self._source(ctx, corruptions)  # before training: fail early
         clock.append(time.time())
-        model = ctx.train()
+        model = ctx.model()
         clock.append(time.time())
         batch = ctx.recipe.eval_batch_size
         clean = _accuracy(model, [(clean_split.x, clean_split.y)], batch)
@@ -111,6 +112,10 @@ class Corruption(Protocol):
         out += [Measurement("accuracy", value, n, {"corruption": c, "severity": s})
                 for (c, s), (value, n) in accuracies.items()]
         return out + summary(acc)
+
+    def comparison_figure(self, rows: pd.DataFrame, title: str):
+        """Every method's severity curve on one axis, and its error per corruption."""
+        return comparison_figure(rows, title)
 
     def figures(self, measurements: list[Measurement], title: str) -> dict:
         """The run's severity curves (unless `figure` is off)."""
@@ -221,12 +226,14 @@ class Corruption(Protocol):
                               ("relative_mce_19", "rel. mCE-19")):
             for ref in sorted(rows.loc[rows["metric"] == metric, "reference"].unique()):
                 columns.append(Column(f"{label} vs {ref}", metric, {"reference": ref},
-                                      higher_is_better=False))
+                                      higher_is_better=False,
+                                      absent="not computed or undefined for that run (see above)"))
         if (rows["metric"] == "mean_corruption_error_extra").any():
             columns.append(Column("extra corr. error", "mean_corruption_error_extra",
                                   higher_is_better=False))
         present = set(rows.loc[rows["metric"] == "error", "corruption"])
-        columns += [Column(f"{c} err", "error", {"corruption": c}, higher_is_better=False)
+        columns += [Column(f"{c} err", "error", {"corruption": c}, higher_is_better=False,
+                           absent="that run did not measure this corruption")
                     for c in ALL if c in present]
         return columns
 

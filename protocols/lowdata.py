@@ -186,6 +186,32 @@ class LowData(Protocol):
                         Column(f"{k}-shot sd", "accuracy_std", {"shots": k}, higher_is_better=False)]
         return columns
 
+    def comparison_figure(self, rows: pd.DataFrame, title: str):
+        """Accuracy against images per class for every (method, backbone), mean ± std over seeds
+        and subset seeds."""
+        from robustbench_lite.bench.figures import new_figure, percent_axis
+
+        cells = rows[(rows["metric"] == "accuracy") & (rows["subset_seed"] != "")
+                     & (rows["shots"] != "")]
+        if cells.empty:
+            return None
+        fig, (ax,) = new_figure(1, (7.0, 4.2))
+        for (method, backbone), own in cells.groupby(["method", "backbone"], sort=True):
+            stats = own.groupby(own["shots"].astype(int))["value"].agg(["mean", "std"]).fillna(0)
+            label = method if cells["backbone"].nunique() == 1 else f"{method} · {backbone}"
+            ax.errorbar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"], marker="o",
+                        capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        shots = sorted(cells["shots"].astype(int).unique())
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.set_xlabel("training images per class")
+        percent_axis(ax, "top-1 accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig
+
     def notes(self, rows: pd.DataFrame) -> list[str]:
         """Which runs started from ImageNet weights or from scratch, and classes short of k images."""
         notes = []

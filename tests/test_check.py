@@ -73,17 +73,18 @@ def committed_copy(tmp_path) -> Path:
 def test_a_golden_set_passes_its_own_check_and_a_moved_number_fails(small_set, tmp_path):
     results = _copy(small_set, tmp_path)
     report = golden.check(results, SMALL, progress=False)
-    assert report.ok and report.numbers_compared == 1 and report.probes_compared == 1
+    assert report.ok and report.numbers_compared == 4 and report.probes_compared == 1
     assert report.version_changes == []
     (csv,) = (results / "golden" / "runs" / "clean").glob("*.csv")
     rows = pd.read_csv(csv)
+    assert rows.loc[0, "metric"] == "accuracy"
     rows.loc[0, "value"] -= 0.05  # a regression's size: 22 of 450 test images
     rows.to_csv(csv, index=False)
     report = golden.check(results, SMALL, progress=False)
     assert not report.ok
     (mismatch,) = report.numbers
     assert mismatch.line().startswith("erm / clean / accuracy / - / expected ")
-    assert "numbers: 1 compared, 1 drifted" in "\n".join(report.lines())
+    assert "numbers: 4 compared, 1 drifted" in "\n".join(report.lines())
 
 
 def test_a_missing_golden_model_is_reported_as_such(committed_copy):

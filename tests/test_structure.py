@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"bench": "robustbench_lite.bench", "methods": "robustbench_lite.methods",
             "protocols": "robustbench_lite.protocols"}
 WINGS = ("robustbench_lite.bench.attacks", "robustbench_lite.bench.corruptions",
+         "robustbench_lite.bench.models",
          "robustbench_lite.bench.datasets")
 
 
@@ -49,7 +50,7 @@ def _imports(module: str, path: Path, known: set[str]) -> list[tuple[str, str, b
     return [item for item in out if item[0] in known]
 
 
-def test_the_three_wings_exist():
+def test_the_wings_exist():
     modules = _modules()
     for wing in WINGS:
         assert wing in modules, wing

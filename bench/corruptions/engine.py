@@ -23,8 +23,8 @@ Deviations from the reference backend (random streams differ, so only the distri
   distance transform by a chessboard distance (iterated 3x3 minima, truncated at 20 px as in
   the generator); water spatter at severities 2-3 changes pixels about half as much as the
   reference (mean absolute change), for a model error within half a point on digits;
-- frost pictures are read with torchvision and resized by bilinear interpolation (OpenCV's linear
-  resize without antialiasing);
+- frost pictures are resized by bilinear interpolation (OpenCV's linear resize without
+  antialiasing);
 - pixelate reproduces Pillow's BOX resampling as two weight matrices (rounding to 8 bits between the
   horizontal and vertical passes, like Pillow);
 - JPEG equals libjpeg's output (Pillow's, torchvision's) for sides that are multiples of 16.
@@ -45,6 +45,7 @@ from . import filter_matrices as fm
 from .tables import CorruptionTable
 from ..errors import UserError
 from .jpeg_codec import round_trip
+from .pictures import frost_pictures
 from .random_streams import Streams, shr
 
 VERSION = 2  # bump when an output changes: it is part of the fingerprint of cached generated sets
@@ -190,20 +191,10 @@ def _box_resize(x: Tensor, h_out: int, w_out: int) -> Tensor:
 
 @functools.cache
 def _frost_pictures(scale: float) -> tuple[Tensor, ...]:
-    """The frost pictures shipped by `imagecorruptions` as float (3, H, W) pixel tensors, resized."""
-    from importlib import resources
-
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        folder = resources.files("imagecorruptions") / "frost"
-    except ModuleNotFoundError:
-        raise UserError("the frost corruption needs the frost pictures of imagecorruptions: "
-                        "pip install 'robustbench-lite[corruptions]'") from None
+    """The frost pictures (`pictures.py`) as float (3, H, W) pixel tensors, resized."""
     pictures = []
-    for name in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"):
-        data = torch.frombuffer(bytearray((folder / name).read_bytes()), dtype=torch.uint8)
-        picture = decode_image(data, mode=ImageReadMode.RGB).float()
+    for array in frost_pictures():
+        picture = torch.from_numpy(array.copy()).permute(2, 0, 1).float()
         if scale != 1:
             size = (round(picture.shape[1] * scale), round(picture.shape[2] * scale))
             picture = F.interpolate(picture[None], size=size, mode="bilinear", align_corners=False)[0]

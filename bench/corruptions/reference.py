@@ -17,14 +17,13 @@ displaced pixel onto the current one and leaves the displaced pixel unchanged; s
 of liquid values above 1.0 wraps modulo 256 (what the cast does on x86, made explicit here); the
 zoom factors come from float `np.arange` (e.g. 7 factors for CIFAR zoom blur severity 1).
 
-Needs OpenCV, scikit-image and the frost pictures shipped by `imagecorruptions` (dependencies of the
-package, also named by the `corruptions` extra for an install that lacks them).
+Needs OpenCV and scikit-image: `pip install 'robustbench-lite[corruptions]'` (the extra that also
+installs `imagecorruptions`, the library `perf` compares the engine with).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .pictures import frost_pictures
 from .tables import CorruptionTable
 from ..errors import UserError
 
@@ -42,12 +42,8 @@ _INSTALL = "pip install 'robustbench-lite[corruptions]'"
 
 
 def require() -> None:
-    """A UserError naming the extra to install when OpenCV, scikit-image, SciPy or the frost
-    pictures of imagecorruptions are missing."""
+    """A UserError naming the extra to install when OpenCV, scikit-image or SciPy are missing."""
     _libraries()
-    if importlib.util.find_spec("imagecorruptions") is None:
-        raise UserError(f"the frost corruption needs the frost pictures of imagecorruptions: "
-                        f"{_INSTALL}")
 
 
 @functools.cache
@@ -190,25 +186,13 @@ def _gray(x: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _frost_pictures(scale: float) -> tuple[np.ndarray, ...]:
-    """The six frost pictures shipped by `imagecorruptions`, RGB, resized by `scale`."""
-    from importlib import resources
-
+    """The six frost pictures (`pictures.py`), RGB, resized by `scale` as OpenCV does."""
     cv2, _, _ = _libraries()
-    try:
-        folder = resources.files("imagecorruptions") / "frost"
-    except ModuleNotFoundError:
-        raise UserError(f"the frost corruption needs the frost pictures of imagecorruptions: "
-                        f"{_INSTALL}") from None
     pictures = []
-    for name in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"):
-        with resources.as_file(folder / name) as path:
-            picture = cv2.imread(str(path))
-        if picture is None:
-            raise UserError(f"cannot read frost picture {name} of imagecorruptions; reinstall it: "
-                            f"{_INSTALL}")
+    for picture in frost_pictures():
         if scale != 1:
             picture = cv2.resize(picture, (0, 0), fx=scale, fy=scale)
-        pictures.append(np.ascontiguousarray(picture[..., ::-1]))
+        pictures.append(np.ascontiguousarray(picture))
     return tuple(pictures)
 
 

@@ -209,9 +209,12 @@ def generated_arrays(test: Split, dataset: str, corruptions: Sequence[str], tabl
                     and len(images) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM)
         with _pool(len(jobs) if parallel else 1) as pool:
             done = pool.map(_severity_major, jobs) if pool else map(_severity_major, jobs)
-            for corruption, array in tqdm(zip(missing, done), total=len(missing), leave=False,
-                                          desc="corrupting", disable=not progress):
-                _save_atomic(folder / f"{corruption}.npy", array)
+            with tqdm(total=len(missing), desc="corrupting", unit="corruption", leave=False,
+                      disable=not progress or not missing) as bar:  # silent when all are cached
+                for i, (corruption, array) in enumerate(zip(missing, done)):
+                    _save_atomic(folder / f"{corruption}.npy", array)
+                    bar.set_postfix_str(missing[i + 1] if i + 1 < len(missing) else "", False)
+                    bar.update(1)
     return CorruptionArrays(folder, clean)
 
 

@@ -16,7 +16,8 @@ from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.method import METHODS, Method
 from robustbench_lite.bench.protocol import Measurement, PROTOCOLS
 from robustbench_lite.bench.results import RunInfo, write_run
-from robustbench_lite.protocols.adversarial import (Adversarial, format_epsilon,
+from robustbench_lite.bench.leaderboard import format_epsilon
+from robustbench_lite.protocols.adversarial import (Adversarial,
                                                     validity_flags, worst_case)
 
 EPSILONS = (2 / 255, 4 / 255, 8 / 255)
@@ -155,14 +156,16 @@ def test_leaderboard_footnotes_and_columns_from_run_files(tmp_path):
     markdown = files[tmp_path / "leaderboards" / "adversarial-digits-default.md"]
     notes = [line for line in markdown.splitlines() if line.startswith("- ")]
     assert notes == [
+        "- ⚠ marks a row whose sanity checks against gradient masking failed:",
         "- masked (tiny, seed 0): 12.5% of the inputs have an all-zero input gradient (gradient "
         "masking or saturated softmax: gradient attacks cannot move them; check with AutoAttack)",
         "- masked (tiny, seed 0): PGD is weaker than FGSM at ε=8/255 (gradient masking?)",
         "- masked (tiny, seed 0): fgsm robust accuracy rises with ε (a weak or masked attack)"]
     header = markdown.splitlines()[2]
     labels = [c.strip() for c in header.split("|")[1:-1]]
-    assert labels[3:6] == ["worst_case 8/255 ↑", "clean acc ↑", "fgsm 4/255 ↑"]
-    assert labels[-2] == "pgd 8/255 ↑"
+    assert labels[3:6] == ["pgd 8/255 ↑", "clean acc ↑", "fgsm 4/255 ↑"]  # the headline first
+    assert labels[-2] == "worst_case 8/255 ↑"
+    assert "| masked ⚠ " in markdown and "| erm " in markdown  # the flagged row is marked
     # Every column found its rows after the CSV round trip (no empty cells).
     assert "—" not in markdown
     assert "25.00" in markdown  # worst case at 8/255 shown in percent

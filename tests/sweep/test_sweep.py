@@ -80,9 +80,12 @@ def test_every_executor_gives_the_same_leaderboards(local_sweep, sweep_on, execu
     assert other.summary.ok and len(other.summary.submitted) == 6
     boards = sorted(p.name for p in (local_sweep.results / "leaderboards").glob("*.csv"))
     assert boards == ["adversarial-digits-smoke.csv", "clean-digits-smoke.csv"]
-    for name in boards:
-        assert (other.results / "leaderboards" / name).read_text() == \
-            (local_sweep.results / "leaderboards" / name).read_text(), name
+    for name in boards:  # every number but the machine's speed
+        mine, theirs = (pd.read_csv(r / "leaderboards" / name)
+                        for r in (local_sweep.results, other.results))
+        speed = [c for c in mine.columns if c.startswith("eval img/s")]
+        assert speed == [] or name.startswith("clean")
+        pd.testing.assert_frame_equal(theirs.drop(columns=speed), mine.drop(columns=speed))
 
 
 @pytest.mark.slow
@@ -96,12 +99,16 @@ def test_a_lost_run_file_is_redone_alone(local_sweep, grid, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(local_sweep.results, results)
     lost = next(f for f in run_files(results) if f.stem.startswith("mixup-clean"))
-    expected = pd.read_csv(lost).value.tolist()
+    def numbers() -> dict:  # every number but the machine's speed
+        frame = pd.read_csv(lost)
+        return dict(zip(frame.metric, frame.value)) | {"images_per_second": None}
+
+    expected = numbers()
     lost.unlink()
     again = run_sweep(grid, TWO_WORKERS, results, local_sweep.cache, progress=False)
     # the model is cached, so no training job: only the lost evaluation runs
     assert again.submitted == [lost.stem] and again.ok
-    assert pd.read_csv(lost).value.tolist() == expected
+    assert numbers() == expected and "parameters" in expected
 
 
 @pytest.mark.slow
@@ -162,7 +169,7 @@ def _must_not_train(*args, **kwargs):
 
 def test_missing_executor_package_and_slurm_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
-    with pytest.raises(UserError, match=r"pip install robustbench-lite\[sweep\]"):
+    with pytest.raises(UserError, match=r"pip install 'robustbench-lite\[sweep\]'"):
         sweep._backend(Options(executor="ray"), tmp_path, 1)
     pytest.importorskip("submitit")
     monkeypatch.setattr(shutil, "which", lambda name: None)

@@ -38,8 +38,11 @@ def test_torchrun_two_ranks_train_like_one_process_and_only_rank0_writes(local_s
     assert len(list(cache.glob("*.pt"))) == 1  # the final checkpoint; no partial one left
     assert proc.stdout.count("results:") == 1  # rank 1 printed nothing
 
-    ddp = pd.read_csv(run_file).value.item()
-    single = pd.read_csv(next(local_sweep.results.glob("runs/clean/erm-*.csv"))).value.item()
+    def accuracy(path: Path) -> float:
+        return pd.read_csv(path).set_index("metric").value["accuracy"]
+
+    ddp = accuracy(run_file)
+    single = accuracy(next(local_sweep.results.glob("runs/clean/erm-*.csv")))
     print(f"clean accuracy: torchrun x2 {ddp:.4f}, one process {single:.4f}")
     assert abs(ddp - single) <= TOLERANCE
 
