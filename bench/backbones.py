@@ -222,12 +222,32 @@ def preact_resnet18(num_classes: int, mean, std) -> Backbone:
     return Backbone(stem, stages, head, mean, std)
 
 
+def _wide_resnet(depth: int, widen: int, num_classes: int, mean, std) -> Backbone:
+    """WRN-depth-widen (Zagoruyko & Komodakis 2016): (depth - 4) / 6 pre-activation blocks per
+    stage, widths 16k/32k/64k, no dropout."""
+    n, widths = (depth - 4) // 6, (16 * widen, 32 * widen, 64 * widen)
+    stages = _stages(PreActBlock, 16, widths, (n, n, n), (1, 2, 2))
+    head = _pool_fc(widths[-1], num_classes,
+                    pre=(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True)))
+    return Backbone(nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False)), stages, head, mean, std)
+
+
 @BACKBONES.register("wrn28_10")
 def wrn28_10(num_classes: int, mean, std) -> Backbone:
     """Wide ResNet-28-10 (Zagoruyko & Komodakis 2016), pre-activation blocks, no dropout."""
-    stages = _stages(PreActBlock, 16, (160, 320, 640), (4, 4, 4), (1, 2, 2))
-    head = _pool_fc(640, num_classes, pre=(nn.BatchNorm2d(640), nn.ReLU(inplace=True)))
-    return Backbone(nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False)), stages, head, mean, std)
+    return _wide_resnet(28, 10, num_classes, mean, std)
+
+
+@BACKBONES.register("wrn34_10")
+def wrn34_10(num_classes: int, mean, std) -> Backbone:
+    """Wide ResNet-34-10: five blocks per stage at 160/320/640, Madry et al.'s CIFAR model."""
+    return _wide_resnet(34, 10, num_classes, mean, std)
+
+
+@BACKBONES.register("wrn40_2")
+def wrn40_2(num_classes: int, mean, std) -> Backbone:
+    """Wide ResNet-40-2: six blocks per stage at 32/64/128, AugMix's default CIFAR model."""
+    return _wide_resnet(40, 2, num_classes, mean, std)
 
 
 @BACKBONES.register("resnext29")
@@ -257,6 +277,20 @@ def resnet50(num_classes: int, mean, std, pretrained: bool = False) -> Backbone:
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [(f"stage{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
     return Backbone(stem, stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), mean, std)
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Re-initialise in place: "kaiming_fan_out" draws every convolution from He et al.'s normal
+    with fan-out scaling and sets BatchNorm to (1, 0), as torchvision's ResNet does; "pytorch"
+    keeps the layers' own defaults."""
+    if scheme == "pytorch":
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def build_backbone(name: str, num_classes: int, mean, std, **kwargs) -> Backbone:

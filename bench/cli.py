@@ -64,7 +64,8 @@ def _add_run_options(p: argparse.ArgumentParser, set_help: str, given: bool = Fa
     p.add_argument("--preset", default="default",
                    help="the board an evaluated model joins; its recipe's evaluation batch size "
                         "applies (default: default)" if given else
-                        "training recipe: smoke, default, paper (default: default; `list presets`)")
+                        "training recipe: smoke, default, shared, paper (default: default; "
+                        "see `list presets`)")
     p.add_argument("--backbone", default=None,
                    help="file: the registered architecture the weights are for" if given else
                         "override the recipe's backbone (see `list backbones`)")
@@ -220,7 +221,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     from . import catalog
-    from .recipes import PRESET_DESCRIPTIONS
+    from .recipes import PAPER, PRESET_DESCRIPTIONS, describe
 
     sections = {name: catalog.entries(name) for name in LISTS if name != "presets"}
     if args.what and args.what not in LISTS:
@@ -239,6 +240,8 @@ def _list(args: argparse.Namespace) -> None:
         if name == "presets":
             for key, text in PRESET_DESCRIPTIONS.items():
                 print(f"  {key:<16} {text}")
+            for method, entry in PAPER.items():
+                print(f"    paper {method:<16} {describe(entry.recipe)}")
             continue
         for entry in sections[name]:
             _print_entry(entry, detailed=False)

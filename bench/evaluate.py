@@ -46,6 +46,12 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return (preds == labels.cpu()).sum().item() / max(1, len(labels))
 
 
+def full_precision(device: torch.device):
+    """float32 inside a mixed-precision region: attacks and saliency passes run as the reference
+    code runs them (fp32), whatever autocast the training step is under."""
+    return torch.autocast(device.type, enabled=False)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Put `model` in eval mode for the block and restore its previous mode afterwards."""

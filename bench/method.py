@@ -8,7 +8,7 @@ per batch). The trainer owns the loop, the optimizer and the schedule.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,6 +51,9 @@ class Method:
 
     Config: ClassVar[type] = NoConfig
     citation: ClassVar[str] = "Vapnik, The Nature of Statistical Learning Theory (1995)"
+    # raised when the training code changes what is trained with the same settings: part of the
+    # trained-model cache key from 1 on, so models of the earlier code are not reused
+    revision: ClassVar[int] = 0
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -73,6 +76,11 @@ class Method:
         """Per-sample loss an adaptive attacker should maximise, when the method's model has one
         beyond the final logits (e.g. CIFS's joint loss over its probes); None otherwise."""
         return None
+
+    def adaptive_attacks(self) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]]:
+        """Further adaptive PGD objectives by attack name (per-sample losses), each run beside
+        `pgd_adaptive` and inside the worst case (e.g. CIFS's attack through its masks)."""
+        return {}
 
     @classmethod
     def description(cls) -> str:

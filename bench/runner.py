@@ -21,6 +21,7 @@ from .figures import write_png
 from .method import METHODS, Method
 from .protocol import PROTOCOLS, Measurement, Protocol, RunContext
 from .recipes import Recipe, recipe_for
+from .recipes import identity as recipe_identity
 from .results import RunInfo, write_run
 from .settings import Settings
 from .train import pick_device
@@ -80,7 +81,7 @@ def resolve(req: RunRequest) -> ResolvedRun:
     """Build the method, protocol and recipe of a request, and its run id, without running it."""
     method = configured_method(req.method, req.settings.method)
     protocol = configured_protocol(req.protocol, req.settings.protocol)
-    recipe = recipe_for(req.preset, req.dataset)
+    recipe = recipe_for(req.preset, req.dataset, req.method)
     if req.backbone:
         recipe = replace(recipe, backbone=req.backbone)
     recipe = apply_overrides(recipe, req.settings.recipe, "the recipe", "recipe.")
@@ -88,7 +89,8 @@ def resolve(req: RunRequest) -> ResolvedRun:
     BACKBONES.get(recipe.backbone)
     method_config = json.dumps(config_dict(method.config), sort_keys=True)
     config_hash = stable_hash({"method": config_dict(method.config),
-                               "protocol": config_dict(protocol.config), "recipe": asdict(recipe)},
+                               "protocol": config_dict(protocol.config),
+                               "recipe": recipe_identity(recipe)},
                               length=8)
     info = RunInfo(req.method, req.protocol, req.dataset, recipe.backbone, req.preset, req.seed,
                    config_hash, method_config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .backbones import build_backbone
+from .backbones import build_backbone, initialise
 from .atomic import ensure_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_dict, stable_hash
@@ -27,6 +27,7 @@ from .datasets import ImageDataset, Split
 from .errors import DivergedError, MissingModelError, UserError
 from .method import Batch, Method, StepContext, as_updates
 from .recipes import Recipe
+from .recipes import identity as recipe_identity
 from .seeding import generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ class TrainJob:
         return stable_hash({
             "format": CACHE_FORMAT, "method": self.method_name,
             "config": config_dict(self.method.config), "dataset": self.dataset.name,
-            "data": split.fingerprint(), "recipe": asdict(self.recipe), "seed": self.seed,
+            "data": split.fingerprint(), "recipe": recipe_identity(self.recipe), "seed": self.seed,
             "backbone_kwargs": self.backbone_kwargs or {},
+            **({"revision": self.method.revision} if self.method.revision else {}),
             **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {})})
 
     def build_model(self) -> nn.Module:
@@ -63,6 +65,8 @@ class TrainJob:
         ds = self.dataset
         backbone = build_backbone(self.recipe.backbone, ds.num_classes, ds.mean, ds.std,
                                   **(self.backbone_kwargs or {}))
+        if not (self.backbone_kwargs or {}).get("pretrained"):
+            initialise(backbone, self.recipe.init)
         return self.method.build_model(backbone)
 
 

@@ -13,9 +13,12 @@ the others. The mask is binary, per sample and per channel, constant over H × W
 without gradient. Loss: w·CE(y) + (1 − w)·CE(y[π]) with w = ⌊λC⌋ / C.
 
 Deviations / interpretation choices (no reference code exists; each is a Config field):
-- `taps`: the candidate layers. Default "all" = the input and every stage output of the backbone
-  (the paper "selects a random layer"; a third-party port draws from input + 4 blocks of
-  PreActResNet-18).
+- `taps`: the candidate layers, drawn uniformly. Default: the input, the stem's output and every
+  stage's output (six on PreActResNet-18). The paper "selects a random layer" without naming the
+  set; the only public re-implementation (AllTheMiXLA `methods/catchupmix.py`) draws its layer
+  uniformly from 0..5 on PreActResNet-18, where 0 is the input (CutMix) and 1..5 are its feature
+  hooks after the stem conv and after each of the four stages. The stem is kept as a candidate for
+  that reason: its output maps are filters like any stage's (`--set taps=all` leaves it out).
 - `alpha` = 1.0 for λ (unverified; the natural default and the port's value).
 - `prob` = 1.0, the mixing probability (default `mix_prob` of the authors' earlier mixup code).
 - `normalize_rfi`: RFI as norms normalised to sum 1 over channels per sample (default), or the
@@ -82,7 +85,8 @@ class CatchUpMix(Method):
 
     @dataclass(frozen=True)
     class Config:
-        taps: tuple[str, ...] = ("all",)  # candidate taps, drawn uniformly; "all" = input + every stage
+        # candidate taps, drawn uniformly; "all" = input + every stage output
+        taps: tuple[str, ...] = ("all", "stem")
         alpha: float = 1.0  # λ ~ Beta(α, α) at feature taps
         prob: float = 1.0  # probability that a batch is mixed (else plain cross-entropy)
         normalize_rfi: bool = True  # RFI = per-sample ℓ2 norms normalised to sum 1; False: raw norms

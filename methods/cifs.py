@@ -53,6 +53,7 @@ class CifsBlock(nn.Module):
         self.top_k, self.temperature = top_k, temperature
         self.labels: Tensor | None = None
         self.probe_sink: list[Tensor] | None = None
+        self.through_mask = False  # an attack differentiates through the mask (see channel_mask)
 
     def forward(self, z: Tensor) -> Tensor:
         if self.probe_sink is not None:
@@ -67,14 +68,18 @@ class CifsBlock(nn.Module):
         """(B, C) channel weights, non-negative and summing to one; label-free when `labels` is None.
 
         Autograd is enabled locally, so the mask is also computed under `torch.no_grad()`. The mask
-        keeps its graph to the probe's weights only in training, where the loss needs it.
+        keeps its graph to the probe's weights only in training, where the loss needs it. With
+        `through_mask` (an attack's forward) the relevance is taken on z itself with its graph
+        kept, so the input gradient also flows through the mask (second order), which the
+        reference's detached mask hides from an attacker.
         """
         with torch.enable_grad():
-            detached = z.detach().requires_grad_(True)
-            logits = self.probe(detached)
+            through = self.through_mask and z.requires_grad
+            source = z if through else z.detach().requires_grad_(True)
+            logits = self.probe(source)
             targets = self.targets(logits.detach(), labels)
             score = logits.gather(1, targets).sum()
-            grad, = torch.autograd.grad(score, detached, create_graph=self.training)
+            grad, = torch.autograd.grad(score, source, create_graph=self.training or through)
         relevance = grad.sum(dim=(2, 3))
         return torch.softmax(relevance / self.temperature, dim=1)
 
@@ -123,15 +128,34 @@ class CifsNet(nn.Module):
 
 def add_cifs(backbone: Backbone, hidden: int = 128, softplus_beta: float = 5.0,
              nonlinear_probes: int = 1, top_k: int = 2, temperature: float = 1.0) -> CifsNet:
-    """Insert a CIFS block after every block of the backbone's last stage (in place)."""
+    """Insert a CIFS block after every block of the backbone's last stage (in place).
+
+    The reference (ResNet-18) feeds the last block's masked output to pooling and the classifier.
+    On a pre-activation backbone the head starts with BatchNorm-ReLU, which in training normalises
+    a per-channel mask away; there the last CIFS block goes after that BatchNorm-ReLU, so the mask
+    reaches the classifier as in the reference."""
     name = list(backbone.stages)[-1]
     channels, num_classes = _output_sizes(backbone, name)
+    blocks = list(backbone.stages[name])
+    cifs = [CifsBlock(channels, num_classes, hidden if i < nonlinear_probes else 0, softplus_beta,
+                      top_k, temperature) for i in range(len(blocks))]
+    normalising = _leading_norm(backbone.head)
     layers: list[nn.Module] = []
-    for i, block in enumerate(backbone.stages[name]):
-        width = hidden if i < nonlinear_probes else 0
-        layers += [block, CifsBlock(channels, num_classes, width, softplus_beta, top_k, temperature)]
+    for i, block in enumerate(blocks):
+        layers += [block] if normalising and i == len(blocks) - 1 else [block, cifs[i]]
     backbone.stages[name] = nn.Sequential(*layers)
+    if normalising:
+        head = list(backbone.head)
+        backbone.head = nn.Sequential(*head[:normalising], cifs[-1], *head[normalising:])
     return CifsNet(backbone)
+
+
+def _leading_norm(head: nn.Module) -> int:
+    """How many leading modules of the head are BatchNorm (and the activation after it): 0 when
+    the head starts with pooling."""
+    if not isinstance(head, nn.Sequential) or not isinstance(head[0], nn.BatchNorm2d):
+        return 0
+    return 2 if len(head) > 1 and isinstance(head[1], (nn.ReLU, nn.GELU, nn.SiLU)) else 1
 
 
 def _output_sizes(backbone: Backbone, stage: str) -> tuple[int, int]:
@@ -229,3 +253,17 @@ class Cifs(Method):
     def adaptive_attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Per-sample joint loss with `beta_attack` on the final and probe logits."""
         return joint_loss(model, x, y, self.config.beta_attack, reduction="none")
+
+    def adaptive_attacks(self) -> dict:
+        """`pgd_through_mask`: the joint loss with the gradient taken through the channel masks."""
+        return {"pgd_through_mask": self.through_mask_loss}
+
+    def through_mask_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        blocks = [m for m in model.modules() if isinstance(m, CifsBlock)]
+        for block in blocks:
+            block.through_mask = True
+        try:
+            return self.adaptive_attack_loss(model, x, y)
+        finally:
+            for block in blocks:
+                block.through_mask = False

@@ -16,7 +16,7 @@ from torch import Tensor
 from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.backbones import Backbone
 from robustbench_lite.bench.errors import UserError
-from robustbench_lite.bench.evaluate import eval_mode
+from robustbench_lite.bench.evaluate import eval_mode, full_precision
 from robustbench_lite.bench.method import METHODS, Batch, Losses, Method, StepContext
 
 from ._tenet_groups import initial_centres, inhibition_masks, kmeans_channels, orthogonality_loss
@@ -103,7 +103,7 @@ class Tenet(Method):
             return
         x, y, tap = batch.x[correct], batch.y[correct], self.tap(model)
         features, grads = self.saliency(model, x, y, tap)
-        with _full_precision(x.device):
+        with full_precision(x.device):
             maps = features.flatten(2)
             start = initial_centres(len(x), maps.shape[1], cfg.groups, ctx.rng).to(x.device)
             ids = kmeans_channels(maps, start, cfg.kmeans_iters, cfg.kmeans_tol)
@@ -112,7 +112,8 @@ class Tenet(Method):
 
     @staticmethod
     def saliency(model: Backbone, x: Tensor, y: Tensor, tap: str) -> tuple[Tensor, Tensor]:
-        """Features A at `tap` and d(sum of sigmoid target logits)/dA, with BN in eval mode."""
+        """Features A at `tap` and d(sum of sigmoid target logits)/dA, with BN in eval mode, in
+        float32 as the reference computes them (also under mixed precision)."""
         captured = []
 
         def capture(a: Tensor) -> Tensor:
@@ -120,8 +121,8 @@ class Tenet(Method):
             captured.append(a)
             return a
 
-        with eval_mode(model), torch.enable_grad():
-            logits = model(x, edits={tap: capture})
+        with eval_mode(model), torch.enable_grad(), full_precision(x.device):
+            logits = model(x.float(), edits={tap: capture})
             score = torch.sigmoid(logits.float()).gather(1, y[:, None]).sum()
             (grads,) = torch.autograd.grad(score, captured[0])
         return captured[0].detach(), grads
@@ -136,12 +137,7 @@ class Tenet(Method):
             return a * mask.to(a.dtype)
 
         logits = model(x, edits={tap: inhibit})
-        with _full_precision(x.device):
+        with full_precision(x.device):
             orth = orthogonality_loss(captured[0], ids, self.config.groups)
         return {"tenet_ce": self.config.lambda_tenet * F.cross_entropy(logits, y),
                 "orth": self.config.lambda_orth * orth}
-
-
-def _full_precision(device: torch.device):
-    """Clustering, masks and the orthogonality loss stay in float32 under mixed precision."""
-    return torch.autocast(device.type, enabled=False)

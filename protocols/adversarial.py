@@ -6,6 +6,8 @@ On the first `n_examples` test images, for every L∞ radius ε of the grid:
   CIFAR radius 8/255, and a quarter of the radius below it, so that 20 steps still cover 5ε;
 - `pgd_adaptive`: the same PGD on the method's own attack objective, when it defines one
   (`Method.adaptive_attack_loss`, e.g. CIFS's joint loss over its probes);
+- the method's further adaptive objectives (`Method.adaptive_attacks`), e.g. `pgd_through_mask`,
+  CIFS's joint loss with the gradient taken through its channel masks;
 - `autoattack` (optional, slow): AutoAttack from `pyautoattack`, seeded from the run's seed;
 - `torchattacks_<Name>` (optional): any torchattacks attack, projected onto the ε-ball;
 - `worst_case`: a sample counts as robust only if it is classified correctly clean (δ = 0 lies in
@@ -59,8 +61,9 @@ CIFAR_L2_EPSILONS = (0.25, 0.5)
 WORST_CASE = "worst_case"
 HEADLINE_EPSILON = {"imagenet": 4 / 255}  # RobustBench's ImageNet L∞ radius; 8/255 elsewhere
 _ABSENT = {"pgd_adaptive": "only for methods with an attack objective of their own (CIFS)",
+           "pgd_through_mask": "only for CIFS (the gradient through its channel masks)",
            "autoattack": "AutoAttack was not run (--set protocol.autoattack=true)"}
-ATTACK_ORDER = ("fgsm", "pgd", "pgd_adaptive", "autoattack")  # then torchattacks, worst case
+ATTACK_ORDER = ("fgsm", "pgd", "pgd_adaptive", "pgd_through_mask", "autoattack")  # then torchattacks, worst case
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class Adversarial(Protocol):
         attacks.append(pgd_attack("pgd", "linf"))
         if has_adaptive_loss(ctx, model):
             attacks.append(pgd_attack("pgd_adaptive", "linf", ctx.method.adaptive_attack_loss))
+        attacks += [pgd_attack(name, "linf", loss) for name, loss in
+                    ctx.method.adaptive_attacks().items()]
         if cfg.autoattack:
             seed = derive_seed(ctx.seed, "autoattack") % 2**31
             attacks.append(Attack("autoattack", linf, lambda x, y, epsilons: (

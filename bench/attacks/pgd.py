@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..evaluate import eval_mode, inference_mode
+from ..evaluate import eval_mode, full_precision, inference_mode
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """(model, x, y) -> per-sample loss of shape (B,), which an untargeted attack maximises."""
@@ -52,9 +52,9 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = ce_
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, loss_fn: LossFn = ce_loss) -> Tensor:
-    """Fast gradient sign method: one L∞ step of size ε, clipped to [0, 1]."""
-    with eval_mode(model):
-        grad = input_gradient(model, x, y, loss_fn)
+    """Fast gradient sign method: one L∞ step of size ε, clipped to [0, 1] (in float32)."""
+    with eval_mode(model), full_precision(x.device):
+        grad = input_gradient(model, x.float(), y, loss_fn)
     return (x + eps * grad.sign()).clamp(0, 1).detach()
 
 
@@ -65,13 +65,14 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step_siz
 
     With several restarts, each sample keeps the first example that fools the model, else the one
     of highest loss. Random starts are drawn from `rng` (a CPU generator; the global one if None).
+    Runs in float32 also inside an autocast region (adversarial training under mixed precision).
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if restarts < 1:
         raise ValueError(f"restarts must be at least 1, got {restarts}")
-    x = x.detach()
-    with eval_mode(model):
+    x = x.detach().float()
+    with eval_mode(model), full_precision(x.device):
         best = _pgd_run(model, x, y, eps, steps, step_size, norm, random_start, loss_fn, rng)
         if restarts == 1:
             return best

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..evaluate import to_input
 from ..method import METHODS
 from ..protocol import RunContext
+from ..recipes import identity as recipe_identity
 from ..recipes import recipe_for
 from ..registry import is_valid_name
 from ..results import RunInfo, run_files
@@ -88,7 +89,7 @@ def evaluate(req: EvalRequest, lock: contextlib.AbstractContextManager | None = 
     identity = {"model": given.spec, "weights_sha256": given.weights_digest(),
                 "preprocessing": asdict(preprocessing)}
     config_hash = stable_hash({"model": identity, "protocol": config_dict(protocol.config),
-                               "recipe": asdict(recipe)}, length=8)
+                               "recipe": recipe_identity(recipe)}, length=8)
     info = RunInfo(name, req.protocol, dataset.name, given.backbone, req.preset, req.seed,
                    config_hash, json.dumps(identity, sort_keys=True), origin="evaluated")
     _warn_if_replaced(Path(req.results_dir), info)

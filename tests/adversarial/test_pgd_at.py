@@ -32,8 +32,21 @@ def _bn_means(model):
 def test_paper_defaults_and_registration():
     assert METHODS.get("pgd_at") is PgdAt
     cfg = PgdAt.Config()
-    assert (cfg.eps, cfg.steps, cfg.step_size, cfg.random_start, cfg.attack_in_eval_mode) == \
-        (8 / 255, 10, 2 / 255, True, True)
+    assert (cfg.eps, cfg.variant, cfg.steps, cfg.step_size, cfg.random_start,
+            cfg.attack_in_eval_mode) == (8 / 255, "madry_cifar", 0, 2 / 255, True, True)
+
+
+def test_the_variant_sets_the_number_of_attack_steps(monkeypatch):
+    """Madry's CIFAR attack takes 7 steps of 2/255; pgd10 takes 10; steps=N overrides both."""
+    import robustbench_lite.methods.pgd_at as module
+
+    seen = []
+    monkeypatch.setattr(module, "pgd", lambda model, x, y, eps, steps, step, **kw: seen.append(
+        (eps, steps, step)) or x)
+    model, batch = _setup()
+    for config in (PgdAt.Config(), PgdAt.Config(variant="pgd10"), PgdAt.Config(steps=3)):
+        PgdAt(config).adversarial_batch(model, batch, _ctx(0))
+    assert seen == [(8 / 255, 7, 2 / 255), (8 / 255, 10, 2 / 255), (8 / 255, 3, 2 / 255)]
 
 
 def test_training_step_is_cross_entropy_on_a_seeded_pgd_batch():
@@ -72,3 +85,21 @@ def test_short_training_run_is_reproducible(run_context):
     second = again.train()
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_training_attacks_and_saliency_run_in_float32_under_autocast():
+    """Inside a bfloat16 autocast region (the trainer's on CUDA; CPU autocast behaves alike), the
+    training attack and TENET's saliency pass compute in float32, as the references do."""
+    from robustbench_lite.bench.attacks.pgd import fgsm, pgd
+    from robustbench_lite.methods.tenet import Tenet
+
+    model, batch = _setup()
+    dtypes = []
+    model.head.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(batch.x)
+        assert dtypes == [torch.bfloat16]  # autocast is on for the model itself
+        pgd(model, batch.x, batch.y, 8 / 255, 2, 2 / 255, rng=torch.Generator().manual_seed(0))
+        fgsm(model, batch.x, batch.y, 8 / 255)
+        Tenet.saliency(model, batch.x, batch.y, "stage2")
+    assert dtypes[1:] == [torch.float32] * len(dtypes[1:]) and len(dtypes) == 5

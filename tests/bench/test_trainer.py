@@ -77,6 +77,19 @@ def test_cache_is_reused_and_keyed_by_recipe(tiny_dataset, tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == 2
 
 
+def test_a_method_revision_keys_the_cache_from_one_on(tiny_dataset):
+    """Revision 0 leaves every existing key as it was; a raised revision is a new model."""
+
+    class Revised(Method):
+        """ERM whose training code changed once."""
+
+        revision = 1
+
+    plain, revised = _job(Method(), tiny_dataset), _job(Revised(), tiny_dataset)
+    assert plain.key() != revised.key()
+    assert plain.key() == _job(Method(), tiny_dataset).key()
+
+
 class CrashAfterFirstEpoch(Exception):
     pass
 

@@ -182,7 +182,8 @@ def test_seeds_drive_the_taps_and_lambdas():
     taps0, losses0 = run(0)
     taps1, losses1 = run(1)
     assert taps0 != taps1 and losses0 != losses1
-    assert set(taps0) | set(taps1) == {"input", "stage1", "stage2", "stage3"}
+    # the public re-implementation's candidates: input, stem and every stage
+    assert set(taps0) | set(taps1) == {"input", "stem", "stage1", "stage2", "stage3"}
 
 
 def test_configuration_mistakes_are_user_errors():

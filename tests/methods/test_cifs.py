@@ -191,3 +191,46 @@ def test_trains_and_evaluates_end_to_end(run_context):
     cached = ctx.train()  # loads the cached weights into a freshly built model
     assert cached is not model
     assert torch.equal(predict(cached, test.x), predict(model, test.x))
+
+
+@pytest.mark.parametrize("name", ["preact_resnet18", "resnet18"])
+def test_the_mask_reaches_the_classifier_on_every_backbone(name, monkeypatch):
+    """Scaling every channel mask by per-channel constants must change the logits: a BatchNorm
+    between the mask and the classifier (pre-activation heads) would normalise it away."""
+    from robustbench_lite.methods.cifs import CifsBlock, add_cifs
+
+    torch.manual_seed(0)
+    model = add_cifs(build_backbone(name, 10, (0.5,) * 3, (0.25,) * 3)).train()
+    with torch.no_grad():  # logits of a trained model's size (the masked features sum to ~1/C)
+        model.backbone.head[-1].weight.mul_(100)
+    x, y = torch.rand(8, 3, 32, 32), torch.arange(8)
+    plain, _ = model.forward_with_probes(x, y)
+    scale = torch.rand(512, generator=torch.Generator().manual_seed(1)) * 3 + 0.5
+    original = CifsBlock.channel_mask
+    monkeypatch.setattr(CifsBlock, "channel_mask",
+                        lambda self, z, labels=None: original(self, z, labels) * scale)
+    scaled, _ = model.forward_with_probes(x, y)
+    assert (scaled - plain).abs().max() > 1e-2
+    assert (scaled - plain).norm() > 0.05 * plain.norm()
+    order = [m for m in model.modules() if isinstance(m, (CifsBlock, torch.nn.BatchNorm2d))]
+    assert isinstance(order[-1], CifsBlock)  # no BatchNorm after the last mask
+
+
+def test_the_through_mask_attack_differentiates_through_the_mask():
+    """With the mask's graph kept, the input gradient of the joint loss differs from the
+    detached-mask gradient; outside the attack the mask stays detached."""
+    from robustbench_lite.bench.attacks.pgd import input_gradient
+    from robustbench_lite.methods.cifs import CifsBlock
+
+    torch.manual_seed(0)
+    method = Cifs()
+    model = method.build_model(build_backbone("tiny", 4, (0.5,) * 3, (0.25,) * 3)).eval()
+    x, y = torch.rand(4, 3, 16, 16), torch.arange(4)
+    detached = input_gradient(model, x, y, method.adaptive_attack_loss)
+    through = input_gradient(model, x, y, method.through_mask_loss)
+    assert (through - detached).abs().max() > 1e-6 * detached.abs().max()
+    assert not any(b.through_mask for b in model.modules() if isinstance(b, CifsBlock))
+    with torch.no_grad():  # the same outputs: only the gradient path differs
+        torch.testing.assert_close(method.through_mask_loss(model, x, y),
+                                   method.adaptive_attack_loss(model, x, y))
+    assert list(method.adaptive_attacks()) == ["pgd_through_mask"]
