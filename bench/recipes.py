@@ -209,7 +209,12 @@ _LATER_FIELDS = {"init": "pytorch"}
 
 def identity(recipe: Recipe) -> dict:
     """The recipe as it keys trained models and run ids."""
-    fields = asdict(recipe)
+    return comparable(asdict(recipe))
+
+
+def comparable(fields: dict) -> dict:
+    """Recipe fields (e.g. read back from a sidecar) without the later fields at their default,
+    so a recipe written before a field existed equals one written after."""
     return {k: v for k, v in fields.items() if _LATER_FIELDS.get(k, object()) != v}
 
 

@@ -41,6 +41,7 @@ from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import predict
 from robustbench_lite.bench.method import METHODS
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
+from robustbench_lite.bench.recipes import comparable, identity, recipe_for
 from robustbench_lite.bench.results import cell_columns
 
 from . import corruption_metrics as metrics
@@ -204,10 +205,10 @@ class Corruption(Protocol):
             if severities != SEVERITIES:
                 return None, "its table averages severities 1..5 and these runs measured fewer"
             return metrics.published_reference(name), ""
-        wanted = _settings(meta)
+        wanted = _settings(meta, runs[run_id])
         found = [other for other, run in runs.items()
                  if run["method"].iloc[0] == name and other in provenance
-                 and _settings(provenance[other]) == wanted]
+                 and _settings(provenance[other], run) == wanted]
         unreadable = sorted(other for other, run in runs.items()
                             if run["method"].iloc[0] == name and other not in provenance)
         if not found and unreadable:
@@ -288,10 +289,22 @@ def _normalised(metric: str, errors: dict, clean_error: float, reference, corrup
     return metrics.mce(errors, reference, corruptions)
 
 
-def _settings(meta: dict) -> dict:
-    """What must match between a run and its baseline reference: seed, recipe, protocol settings."""
-    return {"seed": meta.get("seed"), "recipe": _plain(meta.get("recipe")),
+def _settings(meta: dict, run: pd.DataFrame) -> dict:
+    """What must match between a run and its baseline reference: the seed, the recipe changes
+    made to the preset (`--set recipe.*`, `--backbone`) and the protocol settings. A method's own
+    recipe within the preset (CIFS's default epochs, every `paper` recipe) is not a change."""
+    return {"seed": meta.get("seed"), "recipe": _recipe_changes(meta, run.iloc[0]),
             "protocol": _comparable(meta.get("protocol_config", {}))}
+
+
+def _recipe_changes(meta: dict, row) -> dict:
+    try:
+        planned = recipe_for(row["preset"], row["dataset"], row["method"])
+    except UserError:  # a preset this version no longer has: every field counts
+        return _plain(comparable(meta.get("recipe") or {}))
+    expected = _plain(identity(planned))
+    return {k: v for k, v in _plain(comparable(meta.get("recipe") or {})).items()
+            if expected.get(k) != v}
 
 
 def _plain(value):

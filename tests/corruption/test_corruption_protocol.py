@@ -233,3 +233,28 @@ def test_bad_settings_are_user_errors(tmp_path):
         Corruption(Corruption.Config(backend="gpu")).run(ctx)
     with pytest.raises(UserError, match="unknown reference 'alexnet'"):
         Corruption(Corruption.Config(corruptions="fog", reference="alexnet")).run(ctx)
+
+
+def test_a_methods_own_preset_recipe_still_meets_its_baseline_but_a_changed_recipe_does_not():
+    """mCE pairs a run with the baseline of the same preset: CIFS's own default recipe (45 epochs)
+    is not a difference, a `--set recipe.*` change is, and so is a recipe read without the later
+    `init` field versus one written with it at its default (not a difference)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from robustbench_lite.bench.recipes import recipe_for
+    from robustbench_lite.protocols.corruption import _settings
+
+    def run(method, recipe, drop_init=False):
+        fields = dataclasses.asdict(recipe)
+        if drop_init:
+            fields.pop("init")
+        meta = {"seed": 0, "recipe": fields, "protocol_config": {"n_examples": 0}}
+        return meta, pd.DataFrame([{"method": method, "dataset": "digits", "preset": "default"}])
+
+    erm = _settings(*run("erm", recipe_for("default", "digits", "erm"), drop_init=True))
+    cifs = _settings(*run("cifs", recipe_for("default", "digits", "cifs")))
+    assert cifs == erm
+    longer = dataclasses.replace(recipe_for("default", "digits", "cifs"), lr=0.01)
+    assert _settings(*run("cifs", longer)) != erm
