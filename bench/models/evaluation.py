@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from ..runner import RunOutcome, configured_method, configured_protocol, measure
 from ..train import pick_device
 from .given import GivenModel, ModelConfig, Preprocessed, Preprocessing, check_fits
 from .sources import SourceOptions, parse_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,12 +116,10 @@ def _name(asked: str | None, given: GivenModel) -> str:
 
 def _warn_if_replaced(results_dir: Path, info: RunInfo) -> None:
     """Earlier evaluations under the same name with other weights stay in the row's mean."""
-    import logging
-
     prefix = info.run_id.rsplit("-", 1)[0] + "-"
     others = [p for p in run_files(results_dir) if p.stem.startswith(prefix)
               and p.stem != info.run_id and p.parent.name == info.protocol]
     if others:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s also has run files with other weights or settings (%s); the leaderboard row "
             "averages them: delete those or pass another --name", info.method, others[0].name)
