@@ -25,6 +25,9 @@ _INT = re.compile(r"^[+-]?\d{1,18}$")
 _FLOAT = re.compile(r"^[+-]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][+-]?\d{1,3})?$")
 
 
+_UNSET = object()
+
+
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
     """A method without hyperparameters."""
@@ -55,11 +58,20 @@ class Range:
 
 
 def setting(default: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, nonempty: bool = False) -> Any:
+            low_open: bool = False, high_open: bool = False, nonempty: bool = False,
+            later: bool = False) -> Any:
     """A dataclass field with its allowed range: `setting(64, low=1)`, `setting(0.1, low=0,
-    low_open=True)`; for a tuple, each element must lie in the range (and `nonempty`: one at least)."""
+    low_open=True)`; for a tuple, each element must lie in the range (and `nonempty`: one at least).
+    `later`: added after run ids were fixed, so it enters `identity` only when set (a run made
+    before the field existed keeps its id)."""
     return dataclasses.field(default=default, metadata={
-        "range": Range(low, high, low_open, high_open), "nonempty": nonempty})
+        "range": Range(low, high, low_open, high_open), "nonempty": nonempty, "later": later})
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """The settings as they key run ids: every field, less the `later` ones at their default."""
+    later = {f.name: f.default for f in dataclasses.fields(config) if f.metadata.get("later")}
+    return {k: v for k, v in config_dict(config).items() if later.get(k, _UNSET) != v}
 
 
 def apply_overrides(config: Any, overrides: dict[str, str], owner: str, prefix: str = "") -> Any:

@@ -46,6 +46,15 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return (preds == labels.cpu()).sum().item() / max(1, len(labels))
 
 
+def centre_crop(x: Tensor, size: int) -> Tensor:
+    """The central `size` x `size` window of (..., H, W) images (a view); all of them when `size`
+    is 0 or not smaller than the images."""
+    if not size or size >= min(x.shape[-2:]):
+        return x
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 def full_precision(device: torch.device):
     """float32 inside a mixed-precision region: attacks and saliency passes run as the reference
     code runs them (fp32), whatever autocast the training step is under."""

@@ -54,6 +54,9 @@ class Method:
     # raised when the training code changes what is trained with the same settings: part of the
     # trained-model cache key from 1 on, so models of the earlier code are not reused
     revision: ClassVar[int] = 0
+    # why the method's model may mask gradients from standard attacks ("" = no known risk); a
+    # method that names one is measured with AutoAttack by default under the adversarial protocol
+    masking_risk: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

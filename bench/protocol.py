@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import NoConfig, validate
 from .errors import UserError
+from .evaluate import centre_crop
 from .datasets import ImageDataset, Split
 from .method import Method
 from .recipes import Recipe
@@ -77,6 +78,13 @@ class RunContext:
         split (through the cache)."""
         return self.given.to(self.device).eval() if self.given is not None else self.train()
 
+    def test_split(self) -> Split:
+        """The test split as models are evaluated on it: the central `recipe.crop_size` crop when
+        the recipe trains on crops of stored images (CUB: 224 of 256, GLICO's Resize(256) +
+        CenterCrop(224)), else as stored."""
+        test = self.dataset.test
+        return Split(centre_crop(test.x, self.recipe.crop_size), test.y)
+
     def train(self, split: Split | None = None, recipe: Recipe | None = None,
               **backbone_kwargs) -> nn.Module:
         """The method trained on `split` (default: the training split), from the cache if present."""
@@ -105,6 +113,11 @@ class Protocol:
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         raise NotImplementedError
+
+    def for_method(self, method: Any) -> Protocol:
+        """This protocol with the settings that depend on the method measured made concrete (so
+        the run id and the recorded configuration say what was run); unchanged by default."""
+        return self
 
     def figures(self, measurements: list[Measurement], title: str) -> dict:
         """Figures of one run by name (matplotlib figures); the runner writes each, after the run

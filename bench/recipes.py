@@ -212,6 +212,13 @@ def identity(recipe: Recipe) -> dict:
     return comparable(asdict(recipe))
 
 
+def training_identity(recipe: Recipe) -> dict:
+    """The recipe as it keys trained models: what changes the trained weights. The evaluation batch
+    does not, so it is held at the field's default (500) there, which keeps the keys of models
+    trained before this rule; it still enters run ids (`identity`)."""
+    return identity(replace(recipe, eval_batch_size=Recipe.eval_batch_size))
+
+
 def comparable(fields: dict) -> dict:
     """Recipe fields (e.g. read back from a sidecar) without the later fields at their default,
     so a recipe written before a field existed equals one written after."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import distributed, environment
 from .atomic import check_writable
 from .cache import default_cache_dir
-from .config import apply_overrides, config_dict, default_config, stable_hash
+from .config import apply_overrides, config_dict, default_config, identity, stable_hash
 from .datasets import load_dataset
 from .errors import UserError
 from .figures import write_png
@@ -71,16 +71,17 @@ def configured_method(name: str, settings: dict[str, str]) -> Method:
     return method_cls(apply_overrides(default_config(method_cls.Config, owner), settings, owner))
 
 
-def configured_protocol(name: str, settings: dict[str, str]) -> Protocol:
+def configured_protocol(name: str, settings: dict[str, str], method: Method) -> Protocol:
+    """The protocol with its settings applied, made concrete for the method it measures."""
     protocol_cls, owner = PROTOCOLS.get(name), f"protocol {name}"
     return protocol_cls(apply_overrides(default_config(protocol_cls.Config, owner), settings,
-                                        owner, "protocol."))
+                                        owner, "protocol.")).for_method(method)
 
 
 def resolve(req: RunRequest) -> ResolvedRun:
     """Build the method, protocol and recipe of a request, and its run id, without running it."""
     method = configured_method(req.method, req.settings.method)
-    protocol = configured_protocol(req.protocol, req.settings.protocol)
+    protocol = configured_protocol(req.protocol, req.settings.protocol, method)
     recipe = recipe_for(req.preset, req.dataset, req.method)
     if req.backbone:
         recipe = replace(recipe, backbone=req.backbone)
@@ -89,7 +90,7 @@ def resolve(req: RunRequest) -> ResolvedRun:
     BACKBONES.get(recipe.backbone)
     method_config = json.dumps(config_dict(method.config), sort_keys=True)
     config_hash = stable_hash({"method": config_dict(method.config),
-                               "protocol": config_dict(protocol.config),
+                               "protocol": identity(protocol.config),
                                "recipe": recipe_identity(recipe)},
                               length=8)
     info = RunInfo(req.method, req.protocol, req.dataset, recipe.backbone, req.preset, req.seed,
@@ -99,7 +100,7 @@ def resolve(req: RunRequest) -> ResolvedRun:
 
 def run_context(req: RunRequest, resolved: ResolvedRun) -> RunContext:
     """The context a protocol runs in (loads the dataset)."""
-    dataset = load_dataset(req.dataset, req.data_root)
+    dataset = load_dataset(req.dataset, req.data_root, req.cache_dir)
     return RunContext(resolved.method, req.method, dataset, resolved.recipe, req.seed,
                       pick_device(req.device), Path(req.cache_dir), Path(req.data_root),
                       Path(req.results_dir), req.progress, req.train_missing)

@@ -70,7 +70,11 @@ class Suite:
 CI = Suite(
     # The smoke preset trains on 512 images (about 51 per class): the low-data epoch factor counts
     # from that, not from the full split, so k-shot cells cost about as much as the smoke training.
-    protocol_settings={"adversarial": {"n_examples": "100"}, "corruption": {"n_examples": "100"},
+    # CIFS declares a gradient-masking risk, so AutoAttack runs on it; the suite keeps its first
+    # attack, APGD-CE (a full AutoAttack would take most of the suite's time on two cores).
+    protocol_settings={"adversarial": {"n_examples": "100", "autoattack_version": "custom",
+                                       "autoattack_attacks": "apgd-ce"},
+                       "corruption": {"n_examples": "100"},
                        "lowdata": {"shots": "5,20", "subset_seeds": "0", "full_shots": "51"}},
     # TENET's 500-step warm-up exceeds the smoke preset's 64 steps; start at once so it is exercised.
     method_settings={"tenet": {"warmup_steps": "0"}},

@@ -260,7 +260,7 @@ def plan(grid: Grid, results_dir: Path, cache_dir: Path, data_root: Path = Path(
         key = (req.method, req.seed)
         if key not in groups:
             if dataset is None:
-                dataset = load_dataset(grid.dataset, Path(data_root))
+                dataset = load_dataset(grid.dataset, Path(data_root), req.cache_dir)
             default_model = cached_model_path(
                 TrainJob(resolved.method, req.method, dataset, resolved.recipe, req.seed),
                 Path(req.cache_dir))

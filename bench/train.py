@@ -27,7 +27,7 @@ from .datasets import ImageDataset, Split
 from .errors import DivergedError, MissingModelError, UserError
 from .method import Batch, Method, StepContext, as_updates
 from .recipes import Recipe
-from .recipes import identity as recipe_identity
+from .recipes import training_identity
 from .seeding import generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class TrainJob:
         return stable_hash({
             "format": CACHE_FORMAT, "method": self.method_name,
             "config": config_dict(self.method.config), "dataset": self.dataset.name,
-            "data": split.fingerprint(), "recipe": recipe_identity(self.recipe), "seed": self.seed,
+            "data": split.fingerprint(), "recipe": training_identity(self.recipe), "seed": self.seed,
             "backbone_kwargs": self.backbone_kwargs or {},
             **({"revision": self.method.revision} if self.method.revision else {}),
             **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {})})

@@ -210,6 +210,9 @@ class Cifs(Method):
     citation = ("Yan, Zhang, Niu, Feng, Tan, Sugiyama, CIFS: Improving Adversarial Robustness of "
                 "CNNs via Channel-wise Importance-based Feature Selection (ICML 2021) "
                 "<https://arxiv.org/abs/2102.05311>")
+    masking_risk = ("its forward differentiates the probes and re-weights channels by the "
+                    "gradients; PGD on the final logits through detached masks may overstate its "
+                    "robustness (Tramer et al., NeurIPS 2020, on adaptive attacks)")
 
     @dataclass(frozen=True)
     class Config:

@@ -8,7 +8,10 @@ On the first `n_examples` test images, for every L∞ radius ε of the grid:
   (`Method.adaptive_attack_loss`, e.g. CIFS's joint loss over its probes);
 - the method's further adaptive objectives (`Method.adaptive_attacks`), e.g. `pgd_through_mask`,
   CIFS's joint loss with the gradient taken through its channel masks;
-- `autoattack` (optional, slow): AutoAttack from `pyautoattack`, seeded from the run's seed;
+- `autoattack` (slow): AutoAttack from `pyautoattack` (Croce & Hein, ICML 2020), seeded from the
+  run's seed, at the headline ε (`autoattack_epsilons` names more radii of the grid); on by default
+  for methods that declare a gradient-masking risk (`Method.masking_risk`: CIFS), whose robustness
+  PGD alone may overstate, and on request (`--set protocol.autoattack=true`) for the others;
 - `torchattacks_<Name>` (optional): any torchattacks attack, projected onto the ε-ball;
 - `worst_case`: a sample counts as robust only if it is classified correctly clean (δ = 0 lies in
   the ball) and under every attack above at that ε.
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import pandas as pd
@@ -49,6 +52,7 @@ from robustbench_lite.bench.config import setting
 from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, input_gradient, pgd
 from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 from robustbench_lite.bench.attacks.torchattacks_adapter import TorchattacksAttack, project_linf
+from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.evaluate import eval_mode, inference_mode, to_input
 from robustbench_lite.bench.leaderboard import format_epsilon
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
@@ -62,7 +66,8 @@ WORST_CASE = "worst_case"
 HEADLINE_EPSILON = {"imagenet": 4 / 255}  # RobustBench's ImageNet L∞ radius; 8/255 elsewhere
 _ABSENT = {"pgd_adaptive": "only for methods with an attack objective of their own (CIFS)",
            "pgd_through_mask": "only for CIFS (the gradient through its channel masks)",
-           "autoattack": "AutoAttack was not run (--set protocol.autoattack=true)"}
+           "autoattack": "AutoAttack was not run at this ε (--set protocol.autoattack=true; "
+                         "protocol.autoattack_epsilons for radii beyond the headline)"}
 ATTACK_ORDER = ("fgsm", "pgd", "pgd_adaptive", "pgd_through_mask", "autoattack")  # then torchattacks, worst case
 
 
@@ -95,16 +100,28 @@ class Adversarial(Protocol):
         pgd_l2: bool = False  # also PGD-L2 (same steps, step ε/4) over `l2_epsilons`
         # L2 radii; () = the dataset's default grid
         l2_epsilons: tuple[float, ...] = setting((), low=0, low_open=True)
-        autoattack: bool = False  # AutoAttack via pyautoattack (slow); seeded from the run's seed
+        # AutoAttack via pyautoattack (slow), seeded from the run's seed; unset: on for a method
+        # that declares a gradient-masking risk (`Method.masking_risk`, e.g. CIFS), off otherwise
+        autoattack: bool | None = None
+        # radii of the grid AutoAttack runs at; () = the headline ε only (as RobustBench reports
+        # it: one AutoAttack costs some hundreds of PGD-20 runs)
+        autoattack_epsilons: tuple[float, ...] = setting((), low=0, high=1, low_open=True,
+                                                         later=True)
         autoattack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
         autoattack_attacks: tuple[str, ...] = ()  # with version custom, e.g. apgd-ce,apgd-t
         torchattacks: tuple[str, ...] = ()  # torchattacks class names, e.g. CW,DeepFool
 
     cell_keys = ("attack", "epsilon")
 
+    def for_method(self, method) -> Adversarial:
+        """AutoAttack decided: as set, else on exactly when the method risks masking gradients."""
+        if self.config.autoattack is not None:
+            return self
+        return Adversarial(replace(self.config, autoattack=autoattack_default(method)))
+
     def run(self, ctx: RunContext) -> list[Measurement]:
         model = ctx.model().eval()
-        test = ctx.dataset.test
+        test = ctx.test_split()
         n = min(self.config.n_examples, len(test))
         attacks = self.attacks(ctx, model)
         clean, zero_grad, correct = [], [], defaultdict(list)
@@ -158,9 +175,10 @@ class Adversarial(Protocol):
             attacks.append(pgd_attack("pgd_adaptive", "linf", ctx.method.adaptive_attack_loss))
         attacks += [pgd_attack(name, "linf", loss) for name, loss in
                     ctx.method.adaptive_attacks().items()]
-        if cfg.autoattack:
+        if cfg.autoattack if cfg.autoattack is not None else autoattack_default(ctx.method):
             seed = derive_seed(ctx.seed, "autoattack") % 2**31
-            attacks.append(Attack("autoattack", linf, lambda x, y, epsilons: (
+            radii = autoattack_radii(cfg.autoattack_epsilons, linf, headline_epsilon(dataset))
+            attacks.append(Attack("autoattack", radii, lambda x, y, epsilons: (
                 (eps, autoattack(model, x, y, eps, seed, ctx.dataset.num_classes, "Linf",
                                  cfg.autoattack_version, cfg.autoattack_attacks, len(x)))
                 for eps in epsilons)))
@@ -198,6 +216,28 @@ class Adversarial(Protocol):
     def comparison_figure(self, rows: pd.DataFrame, title: str):
         """PGD robust accuracy against ε (0 = clean) for every (method, backbone)."""
         return epsilon_figure(rows, title)
+
+
+def autoattack_default(method) -> bool:
+    """Whether AutoAttack runs when not asked for either way: for methods that risk masking
+    gradients."""
+    return bool(method.masking_risk)
+
+
+def autoattack_radii(asked: tuple[float, ...], grid: tuple[float, ...], headline: float
+                     ) -> tuple[float, ...]:
+    """The radii AutoAttack runs at: those asked (each on the grid, so the worst case and the
+    PGD comparison hold at it), else the headline radius, else the grid's largest below it."""
+    on_grid = {round(e * 255, 6): e for e in grid}
+    if asked:
+        off = [e for e in asked if round(e * 255, 6) not in on_grid]
+        if off:
+            raise UserError(f"--set protocol.autoattack_epsilons: {format_epsilon(off[0])} is not "
+                            f"on the L∞ grid ({', '.join(map(format_epsilon, grid))}); add it to "
+                            f"protocol.epsilons")
+        return tuple(on_grid[round(e * 255, 6)] for e in asked)
+    below = [e for e in grid if e <= headline + 1e-9]
+    return (on_grid.get(round(headline * 255, 6)) or max(below, default=max(grid)),)
 
 
 def torchattacks_attack(attack: TorchattacksAttack, model: nn.Module, epsilons: tuple[float, ...]

@@ -23,7 +23,7 @@ class Clean(Protocol):
 
     def run(self, ctx: RunContext) -> list[Measurement]:
         model = ctx.model()
-        test = ctx.dataset.test
+        test = ctx.test_split()
         start = time.perf_counter()
         acc = accuracy(model, test.x, test.y, ctx.recipe.eval_batch_size)
         speed = len(test) / max(time.perf_counter() - start, 1e-9)

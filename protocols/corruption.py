@@ -129,7 +129,7 @@ class Corruption(Protocol):
 
     def _source(self, ctx: RunContext, corruptions: tuple[str, ...]):
         """(source of corrupted batches, canonical?, the clean images it corrupts)."""
-        cfg, test = self.config, ctx.dataset.test
+        cfg, test = self.config, ctx.test_split()
         limit = min(cfg.n_examples or len(test), len(test))
         folder = CANONICAL_FOLDERS.get(ctx.dataset.name)
         root = ctx.data_root / folder if folder else None

@@ -115,13 +115,6 @@ def backbone_init(backbone: str, wanted: bool) -> dict:
     return {"pretrained": True} if wanted and path is not None and path.is_file() else {}
 
 
-def center_crop(x: Tensor, size: int) -> Tensor:
-    if not size or size >= min(x.shape[-2:]):
-        return x
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
 @PROTOCOLS.register("lowdata")
 class LowData(Protocol):
     """Top-1 after training on k images per class (GLICO low-data protocol; CUB: 5/10/20/30)."""
@@ -152,8 +145,7 @@ class LowData(Protocol):
             raise UserError("protocol.subset_seeds is empty; pass e.g. --set protocol.subset_seeds=0,1,2")
         full = cfg.full_shots or full_shots(dataset)
         init = backbone_init(ctx.recipe.backbone, cfg.pretrained)
-        test = dataset.test
-        test_x = center_crop(test.x, ctx.recipe.crop_size)
+        test = ctx.test_split()
         counts = torch.bincount(dataset.train.y, minlength=dataset.num_classes)
         out, means = [], []
         for k in shots_for(cfg, dataset.name):
@@ -162,7 +154,7 @@ class LowData(Protocol):
             accs = []
             for seed in cfg.subset_seeds:
                 model = ctx.train(split=shot_split(dataset, k, seed), recipe=recipe, **init)
-                accs.append(accuracy(model, test_x, test.y, ctx.recipe.eval_batch_size))
+                accs.append(accuracy(model, test.x, test.y, ctx.recipe.eval_batch_size))
                 out.append(Measurement("accuracy", accs[-1], len(test), {"shots": k, "subset_seed": seed}))
             means.append(statistics.fmean(accs))
             cell = {"shots": k}

@@ -27,8 +27,8 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, nu
     try:
         from pyautoattack import AutoAttack
     except ImportError:
-        raise UserError("AutoAttack needs pyautoattack: pip install 'robustbench-lite[autoattack]'"
-                        ) from None
+        raise UserError("AutoAttack needs pyautoattack, a dependency of robustbench-lite: "
+                        "pip install 'pyautoattack>=0.2'") from None
     if version not in VERSIONS:
         raise UserError(f"unknown AutoAttack version {version!r}; use one of {', '.join(VERSIONS)}")
     if (version == "custom") != bool(attacks):

@@ -9,6 +9,7 @@ when the registry is first used; third-party ones come in through the entry-poin
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,5 +79,11 @@ DATASETS: Registry[DatasetLoader] = Registry(
     check=_check_loader)
 
 
-def load_dataset(name: str, data_root: str | Path) -> ImageDataset:
-    return DATASETS.get(name)(Path(data_root).expanduser())
+def load_dataset(name: str, data_root: str | Path, cache_dir: str | Path | None = None
+                 ) -> ImageDataset:
+    """The registered dataset `name` from `data_root`; a loader that takes `cache_dir` (where it may
+    keep decoded images, e.g. CUB) is given it (None: its default under $RBL_CACHE)."""
+    loader = DATASETS.get(name)
+    if cache_dir is not None and "cache_dir" in inspect.signature(loader).parameters:
+        return loader(Path(data_root).expanduser(), cache_dir=Path(cache_dir).expanduser())
+    return loader(Path(data_root).expanduser())

@@ -11,8 +11,8 @@ Training crops 224 at random (`Recipe.crop_size`), evaluation takes the central 
 exactly GLICO's Resize(256) + CenterCrop(224). Deviation: GLICO's RandomCrop(224) after Resize(256)
 can reach the ends of the longer side; here training crops stay inside the central square.
 
-Decoding takes minutes, so the decoded images are cached as one `.npy` file under
-`$RBL_CACHE/datasets` (default `~/.cache/robustbench-lite/datasets`), keyed by a fingerprint of
+Decoding takes minutes, so the decoded images are cached as one `.npy` file under `datasets/` of
+the cache folder (`--cache-dir`, else `$RBL_CACHE`, default `~/.cache/robustbench-lite`), keyed by a fingerprint of
 the index files and of every image file's size and modification time.
 """
 
@@ -152,13 +152,16 @@ def fingerprint(root: Path, index: CubIndex, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def dataset_cache_dir() -> Path:
-    return default_cache_dir() / "datasets"
+def dataset_cache_dir(cache_dir: Path | None = None) -> Path:
+    """Where decoded datasets are kept: `datasets/` of the cache folder (--cache-dir, else
+    $RBL_CACHE or ~/.cache/robustbench-lite)."""
+    return (cache_dir if cache_dir is not None else default_cache_dir()) / "datasets"
 
 
-def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE) -> np.ndarray:
+def decoded_images(root: Path, index: CubIndex, size: int = STORED_SIZE,
+                   cache_dir: Path | None = None) -> np.ndarray:
     """All images (N, 3, size, size) uint8 in image-id order, from the cache when present."""
-    cached = dataset_cache_dir() / f"cub200-{fingerprint(root, index, size)}.npy"
+    cached = dataset_cache_dir(cache_dir) / f"cub200-{fingerprint(root, index, size)}.npy"
     shape = (len(index.paths), 3, size, size)
     if cached.exists():
         try:
@@ -190,14 +193,14 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
 
 
 @DATASETS.register("cub200")
-def cub200(data_root: Path) -> ImageDataset:
+def cub200(data_root: Path, cache_dir: Path | None = None) -> ImageDataset:
     """CUB-200-2011 birds (200 classes, official split) from --data-root/CUB_200_2011, 256x256 RGB."""
     root = data_root / FOLDER
     if not root.is_dir():
         raise UserError(f"{root} not found; unpack CUB_200_2011.tgz under {data_root} or pass "
                         f"--data-root DIR (the folder that contains {FOLDER}/)")
     index = read_index(root)
-    images = decoded_images(root, index)
+    images = decoded_images(root, index, cache_dir=cache_dir)
     labels = torch.from_numpy(index.labels)
 
     def split(mask: np.ndarray) -> Split:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import default_cache_dir
-from ..config import apply_overrides, config_dict, default_config, stable_hash
+from ..config import apply_overrides, default_config, identity, stable_hash
 from ..datasets import load_dataset
 from ..errors import UserError
 from ..evaluate import to_input
@@ -62,18 +62,19 @@ class EvalRequest:
 def evaluate(req: EvalRequest, lock: contextlib.AbstractContextManager | None = None
              ) -> RunOutcome:
     """Load the model, check it fits the dataset, run the protocol, record the run."""
-    protocol = configured_protocol(req.protocol, req.protocol_settings)
+    if (req.method != "erm" or req.method_settings) and not req.model.startswith("file:"):
+        raise UserError("--method and method settings apply to file: models only (the method "
+                        "whose architecture the weights are for)")
+    method = configured_method(req.method, req.method_settings)
+    protocol = configured_protocol(req.protocol, req.protocol_settings, method)
     if protocol.trains_own_models:
         raise UserError(f"protocol {req.protocol} trains models of its own; `eval` measures a "
                         f"given model under clean, corruption or adversarial")
     model_config = apply_overrides(default_config(ModelConfig, "the model"), req.model_settings,
                                    "the model", "model.")
     source, rest = parse_spec(req.model)
-    if (req.method != "erm" or req.method_settings) and not req.model.startswith("file:"):
-        raise UserError("--method and method settings apply to file: models only (the method "
-                        "whose architecture the weights are for)")
-    method = configured_method(req.method, req.method_settings)
-    dataset = load_dataset(req.dataset or source.dataset(rest) or "digits", req.data_root)
+    dataset = load_dataset(req.dataset or source.dataset(rest) or "digits", req.data_root,
+                           req.cache_dir)
     given = source.load(rest, SourceOptions(dataset.num_classes, tuple(dataset.mean),
                                             tuple(dataset.std), req.backbone, method, req.method,
                                             req.checkpoint, req.model_dir))
@@ -89,16 +90,16 @@ def evaluate(req: EvalRequest, lock: contextlib.AbstractContextManager | None = 
     # The preset's recipe, as the board's trained rows had it; only its evaluation batch applies.
     recipe = apply_overrides(recipe_for(req.preset, dataset.name), req.recipe_settings,
                              "the recipe", "recipe.")
-    identity = {"model": given.spec, "weights_sha256": given.weights_digest(),
+    model_identity = {"model": given.spec, "weights_sha256": given.weights_digest(),
                 "preprocessing": asdict(preprocessing)}
-    config_hash = stable_hash({"model": identity, "protocol": config_dict(protocol.config),
+    config_hash = stable_hash({"model": model_identity, "protocol": identity(protocol.config),
                                "recipe": recipe_identity(recipe)}, length=8)
     info = RunInfo(name, req.protocol, dataset.name, given.backbone, req.preset, req.seed,
-                   config_hash, json.dumps(identity, sort_keys=True), origin="evaluated")
+                   config_hash, json.dumps(model_identity, sort_keys=True), origin="evaluated")
     _warn_if_replaced(Path(req.results_dir), info)
     ctx = RunContext(method, name, dataset, recipe, req.seed, device, Path(req.cache_dir),
                      Path(req.data_root), Path(req.results_dir), req.progress, given=model)
-    facts = {"model": {**identity, **given.details}, "method_config": {}}
+    facts = {"model": {**model_identity, **given.details}, "method_config": {}}
     return measure_and_record(ctx, protocol, info, Path(req.results_dir), facts, lock)
 
 

@@ -203,3 +203,66 @@ def test_cli_end_to_end_smoke(tmp_path, capsys):
     assert (tmp_path / "results" / "leaderboards" / "adversarial-digits-smoke.md").exists()
     assert PROTOCOLS.get("adversarial") is Adversarial
     assert METHODS.get("pgd_at").__name__ == "PgdAt"
+
+
+def test_autoattack_runs_by_default_exactly_for_methods_that_risk_masking_gradients():
+    """CIFS declares a masking risk: its run records AutoAttack on; ERM's is off and keeps the run
+    id it had before the setting could be left unset (false then, as now)."""
+    from robustbench_lite.bench.config import config_dict, stable_hash
+    from robustbench_lite.bench.recipes import identity as recipe_identity
+    from robustbench_lite.bench.runner import RunRequest, resolve
+    from robustbench_lite.bench.settings import Settings
+
+    erm, cifs = (resolve(RunRequest(m, "adversarial")) for m in ("erm", "cifs"))
+    assert erm.protocol.config.autoattack is False and cifs.protocol.config.autoattack is True
+    asked_off = resolve(RunRequest("cifs", "adversarial",
+                                   settings=Settings(protocol={"autoattack": "false"})))
+    assert asked_off.protocol.config.autoattack is False
+    assert asked_off.info.run_id != cifs.info.run_id
+    before = {k: v for k, v in config_dict(erm.protocol.config).items()
+              if k != "autoattack_epsilons"}
+    assert erm.info.config_hash == stable_hash({"method": {}, "protocol": before,
+                                                "recipe": recipe_identity(erm.recipe)}, length=8)
+
+
+def test_autoattack_radii_are_the_headline_or_named_points_of_the_grid():
+    from robustbench_lite.protocols.adversarial import autoattack_radii
+
+    digits = (4 / 255, 8 / 255, 16 / 255)
+    assert autoattack_radii((), digits, 8 / 255) == (8 / 255,)
+    assert autoattack_radii((), EPSILONS, 4 / 255) == (4 / 255,)
+    assert autoattack_radii((), (1 / 255, 2 / 255), 8 / 255) == (2 / 255,)
+    assert autoattack_radii((16 / 255, 4 / 255), digits, 8 / 255) == (16 / 255, 4 / 255)
+    with pytest.raises(UserError, match="not on the L∞ grid"):
+        autoattack_radii((2 / 255,), digits, 8 / 255)
+
+
+class MaskingRisk(Method):
+    """ERM that declares a gradient-masking risk."""
+
+    masking_risk = "test"
+
+
+def test_a_masking_risk_method_is_attacked_by_autoattack_at_the_headline_inside_the_worst_case(
+        run_context, monkeypatch):
+    import robustbench_lite.protocols.adversarial as adversarial
+
+    calls = []
+
+    def fake_autoattack(model, x, y, eps, seed, num_classes, norm, version, attacks, batch_size):
+        calls.append((eps, seed, version))
+        return torch.zeros_like(x)  # a black image: wrong for most labels
+
+    monkeypatch.setattr(adversarial, "autoattack", fake_autoattack)
+    ctx = run_context("erm")
+    ctx.method = MaskingRisk()
+    config = Adversarial.Config(epsilons=(4 / 255, 8 / 255), n_examples=16, pgd_steps=1,
+                                fgsm=False)
+    acc = robust(Adversarial(config).run(ctx))
+    assert [eps for eps, *_ in calls] == [8 / 255] and calls[0][2] == "standard"
+    assert ("autoattack", 8 / 255) in acc and ("autoattack", 4 / 255) not in acc
+    assert acc["worst_case", 8 / 255] <= acc["autoattack", 8 / 255] < acc["pgd", 8 / 255]
+    ctx.method = Method()
+    calls.clear()
+    acc = robust(Adversarial(config).run(ctx))
+    assert calls == [] and ("autoattack", 8 / 255) not in acc

@@ -85,3 +85,40 @@ def test_a_low_data_only_sweep_trains_no_default_model(tmp_path: Path):
     with_clean = plan(Grid(("erm",), ("lowdata", "clean"), preset="smoke"), tmp_path / "results",
                       tmp_path / "cache")
     assert with_clean.groups[0].train is not None  # clean needs the default model
+
+
+class ShapeRecorder(__import__("torch").nn.Module):
+    """A 10-class model that records the image sizes it is shown."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.sizes = set()
+        self.linear = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        self.sizes.add(tuple(x.shape[-2:]))
+        return self.linear(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("protocol,config", [
+    ("clean", {}), ("adversarial", {"epsilons": (8 / 255,), "n_examples": 4, "pgd_steps": 1}),
+    ("corruption", {"corruptions": "fog,pixelate", "severities": (1,), "n_examples": 4,
+                    "reference": "erm", "figure": False})])
+def test_a_recipe_that_trains_on_crops_is_evaluated_on_the_central_crop(run_context, protocol,
+                                                                       config):
+    """CUB stores 256 px and trains on 224 crops: every protocol evaluates the central 224 (here 12 of 16)."""
+    from dataclasses import replace
+
+    from robustbench_lite.bench.recipes import Recipe
+
+    ctx = run_context("erm", recipe=Recipe(backbone="tiny", crop_size=12, crop_padding=0))
+    ctx.given = ShapeRecorder()
+    side = ctx.dataset.test.x.shape[-1]
+    assert side > 12
+    assert ctx.test_split().x.equal(ctx.dataset.test.x[..., (side - 12) // 2:(side - 12) // 2 + 12,
+                                                        (side - 12) // 2:(side - 12) // 2 + 12])
+    cls = PROTOCOLS.get(protocol)
+    cls(replace(cls.Config(), **config)).run(ctx)
+    assert ctx.given.sizes == {(12, 12)}

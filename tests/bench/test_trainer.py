@@ -90,6 +90,22 @@ def test_a_method_revision_keys_the_cache_from_one_on(tiny_dataset):
     assert plain.key() == _job(Method(), tiny_dataset).key()
 
 
+def test_the_evaluation_batch_does_not_key_the_trained_model(tiny_dataset):
+    """Changing how many images are evaluated at once must not retrain; keys of models trained
+    before the rule (evaluation batch at its default) are unchanged."""
+    from robustbench_lite.bench.config import config_dict, stable_hash
+    from robustbench_lite.bench.recipes import identity
+    from robustbench_lite.bench.train import CACHE_FORMAT
+
+    plain = _job(Method(), tiny_dataset)
+    assert plain.key() == _job(Method(), tiny_dataset, eval_batch_size=7).key()
+    assert plain.key() != _job(Method(), tiny_dataset, batch_size=8).key()
+    earlier = stable_hash({"format": CACHE_FORMAT, "method": "test", "config": config_dict(
+        plain.method.config), "dataset": tiny_dataset.name, "data": tiny_dataset.train.fingerprint(),
+        "recipe": identity(plain.recipe), "seed": 0, "backbone_kwargs": {}})
+    assert plain.key() == earlier
+
+
 class CrashAfterFirstEpoch(Exception):
     pass
 

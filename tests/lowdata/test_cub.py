@@ -118,6 +118,13 @@ def test_second_load_comes_from_the_cache_and_edits_invalidate_it(cub_root, monk
         load_dataset("cub200", cub_root)
 
 
+def test_the_decoded_images_are_kept_under_the_cache_folder_asked_for(cub_root, tmp_path):
+    """--cache-dir holds the decoded CUB images too, not only $RBL_CACHE."""
+    load_dataset("cub200", cub_root, cache_dir=tmp_path / "asked")
+    assert len(list((tmp_path / "asked" / "datasets").glob("cub200-*.npy"))) == 1
+    assert not (cub_root.parent / "cache").exists()
+
+
 def test_a_truncated_image_cache_is_decoded_again(cub_root, caplog):
     first = load_dataset("cub200", cub_root)
     (cached,) = (cub_root.parent / "cache" / "datasets").glob("cub200-*.npy")

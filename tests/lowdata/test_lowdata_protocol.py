@@ -12,7 +12,8 @@ from robustbench_lite.bench.errors import UserError
 from robustbench_lite.bench.recipes import Recipe, recipe_for
 from robustbench_lite.bench.train import augment, learning_rate
 from robustbench_lite.protocols import lowdata
-from robustbench_lite.protocols.lowdata import (LowData, center_crop, epoch_factor, scaled_recipe,
+from robustbench_lite.bench.evaluate import centre_crop
+from robustbench_lite.protocols.lowdata import (LowData, epoch_factor, scaled_recipe,
                                                  shot_indices)
 
 
@@ -56,8 +57,8 @@ def test_training_crop_of_a_smaller_size_and_central_evaluation_crop():
     for i in range(4):
         windows = [x[i, :, dy:dy + 5, dx:dx + 5] for dy in range(4) for dx in range(4)]
         assert any(torch.equal(out[i], w) for w in windows)
-    assert torch.equal(center_crop(x, 4), x[..., 2:6, 2:6])
-    assert center_crop(x, 0) is x
+    assert torch.equal(centre_crop(x, 4), x[..., 2:6, 2:6])
+    assert centre_crop(x, 0) is x
     with pytest.raises(UserError, match="crop_size"):
         augment(x, Recipe(crop_size=9), torch.Generator())
 
