@@ -41,6 +41,7 @@ CANONICAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C",
 
 Batch = tuple[Tensor, Tensor]
 _PARALLEL_FROM = 10_000  # corrupted images from which generation is spread over processes
+GENERATION_CHUNK = 256  # images corrupted at once while generating a set (bounds its memory)
 
 
 class CorruptionArrays:
@@ -199,33 +200,45 @@ def generated_arrays(test: Split, dataset: str, corruptions: Sequence[str], tabl
     key = _set_key(clean, table, backend, module.VERSION, seed)
     folder = Path(cache_dir) / "corruptions" / f"{dataset}-{key}"
     ensure_folder(folder, "the corruption cache", "pass a writable --cache-dir")
-    images = clean.x.permute(0, 2, 3, 1).contiguous().numpy()
     with FileLock(str(folder / ".lock")):  # one process generates, the others wait and reuse
         if not (folder / "labels.npy").exists():
             _save_atomic(folder / "labels.npy", np.tile(clean.y.numpy(), len(SEVERITIES)))
         missing = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
-        jobs = [(backend, images, c, table, seed) for c in missing]
+        jobs = [(backend, clean.x, c, table, seed, folder) for c in missing]
         parallel = (getattr(module, "PARALLEL", False)
-                    and len(images) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM)
+                    and len(clean) * len(jobs) * len(SEVERITIES) >= _PARALLEL_FROM)
         with _pool(len(jobs) if parallel else 1) as pool:
-            done = pool.map(_severity_major, jobs) if pool else map(_severity_major, jobs)
+            done = pool.map(_write_severity_major, jobs) if pool else map(_write_severity_major,
+                                                                          jobs)
             with tqdm(total=len(missing), desc="corrupting", unit="corruption", leave=False,
                       disable=not progress or not missing) as bar:  # silent when all are cached
-                for i, (corruption, array) in enumerate(zip(missing, done)):
-                    _save_atomic(folder / f"{corruption}.npy", array)
+                for i, _ in enumerate(done):
                     bar.set_postfix_str(missing[i + 1] if i + 1 < len(missing) else "", False)
                     bar.update(1)
     return CorruptionArrays(folder, clean)
 
 
-def _severity_major(job: tuple) -> np.ndarray:
-    """(5N, H, W, 3): the N images at severity 1, then at severity 2, ..."""
-    backend, images, corruption, table, seed = job
+def _write_severity_major(job: tuple) -> None:
+    """Write `<corruption>.npy`, (5N, H, W, 3): the N images at severity 1, then at severity 2, ...
+    Corrupted `GENERATION_CHUNK` images at a time and appended to the file, so memory does not
+    grow with N; each image has its own seed, so the chunking does not change a pixel."""
+    backend, images, corruption, table, seed, folder = job
     corrupt = load_backend(backend).corrupt_batch
-    return np.concatenate([
-        corrupt(images, corruption, s, table, [image_seed(seed, corruption, s, i)
-                                               for i in range(len(images))])
-        for s in SEVERITIES])
+    n, (h, w) = len(images), images.shape[-2:]
+
+    def write(handle) -> None:
+        np.lib.format.write_array_header_1_0(handle, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+            "shape": (len(SEVERITIES) * n, h, w, 3)})
+        for s in SEVERITIES:
+            for lo in range(0, n, GENERATION_CHUNK):
+                hi = min(n, lo + GENERATION_CHUNK)
+                chunk = images[lo:hi].permute(0, 2, 3, 1).contiguous().numpy()
+                block = corrupt(chunk, corruption, s, table,
+                                [image_seed(seed, corruption, s, i) for i in range(lo, hi)])
+                handle.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+
+    write_atomic(folder / f"{corruption}.npy", write, hint="pass a writable --cache-dir")
 
 
 @contextlib.contextmanager

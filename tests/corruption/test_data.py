@@ -117,7 +117,7 @@ def test_generated_sets_use_the_canonical_layout_and_are_reused(tmp_path, clean,
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached set")
 
-    monkeypatch.setattr(corruption_data, "_severity_major", fail)
+    monkeypatch.setattr(corruption_data, "_write_severity_major", fail)
     again = generated_arrays(clean, "toy", ("fog", "contrast"), CIFAR, "reference", 0, tmp_path,
                              limit=12)
     assert again.folder == folder
@@ -125,6 +125,24 @@ def test_generated_sets_use_the_canonical_layout_and_are_reused(tmp_path, clean,
     monkeypatch.undo()
     assert other(clean, "toy", ("contrast",), CIFAR, "reference", 1, tmp_path, 12).folder != folder
     assert not list(folder.glob(".*.npy"))  # no temporary files left behind
+
+
+def test_generation_corrupts_bounded_chunks_and_the_chunking_changes_no_pixel(tmp_path, clean,
+                                                                             monkeypatch):
+    """Memory of generation is bounded by the chunk, not the set; per-image seeds make the file
+    independent of how it was chunked."""
+    args = (clean, "toy", ("gaussian_noise", "glass_blur"), CIFAR, "engine", 0)
+    whole = generated_arrays(*args, tmp_path / "whole", limit=12).folder
+    from robustbench_lite.bench.corruptions import engine
+
+    sizes, original = [], engine.corrupt_batch
+    monkeypatch.setattr(engine, "corrupt_batch", lambda images, *a: (
+        sizes.append(len(images)), original(images, *a))[1])
+    monkeypatch.setattr(corruption_data, "GENERATION_CHUNK", 5)
+    chunked = generated_arrays(*args, tmp_path / "chunked", limit=12).folder
+    assert max(sizes) == 5 and sum(sizes) == 2 * 5 * 12
+    for name in ("gaussian_noise", "glass_blur", "labels"):
+        assert np.array_equal(np.load(whole / f"{name}.npy"), np.load(chunked / f"{name}.npy"))
 
 
 def test_generation_spread_over_processes_gives_the_same_files(tmp_path, clean, monkeypatch):
