@@ -1,3 +1,3 @@
 """Registers the built-in datasets (imported by the registry on first use)."""
 
-from . import cifar, cub, digits  # noqa: F401
+from . import cifar, cub, digits, imagenet  # noqa: F401

@@ -18,13 +18,15 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
+from .files import ImageFiles
 
 
 @dataclass
 class Split:
-    """Images (N, 3, H, W) uint8 and labels (N,) int64."""
+    """Images (N, 3, H, W) uint8 and labels (N,) int64; the images in memory, or `ImageFiles`
+    decoded batch by batch for a split too large to hold (ImageNet)."""
 
-    x: Tensor
+    x: Tensor | ImageFiles
     y: Tensor
 
     def __post_init__(self) -> None:
@@ -38,12 +40,15 @@ class Split:
         return self.x.shape[0]
 
     def subset(self, index: Tensor) -> Split:
-        return Split(self.x[index], self.y[index])
+        x = self.x.subset(index) if isinstance(self.x, ImageFiles) else self.x[index]
+        return Split(x, self.y[index])
 
     def fingerprint(self) -> str:
         """A digest of the images and labels (16 hex digits): what a cache of derived data is
         keyed by."""
-        digest = hashlib.sha256(self.x.numpy().tobytes())
+        streamed = isinstance(self.x, ImageFiles)
+        digest = hashlib.sha256(self.x.fingerprint().encode() if streamed
+                                else self.x.numpy().tobytes())
         digest.update(self.y.numpy().tobytes())
         return digest.hexdigest()[:16]
 
@@ -63,7 +68,7 @@ class ImageDataset:
 
     @property
     def image_size(self) -> int:
-        return self.train.x.shape[-1]
+        return self.test.x.shape[-1]
 
 
 DatasetLoader = Callable[[Path], ImageDataset]
