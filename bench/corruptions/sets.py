@@ -42,6 +42,9 @@ CANONICAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C",
 Batch = tuple[Tensor, Tensor]
 _PARALLEL_FROM = 10_000  # corrupted images from which generation is spread over processes
 GENERATION_CHUNK = 256  # images corrupted at once while generating a set (bounds its memory)
+FINAL_JPEG_QUALITY = {"imagenet": 85}
+"""Parameter table -> the JPEG quality its release was saved at after corrupting: hendrycks'
+make_imagenet_c.py saves every corrupted image with `quality=85` (make_cifar_c.py keeps arrays)."""
 
 
 class CorruptionArrays:
@@ -236,6 +239,7 @@ def _write_severity_major(job: tuple) -> None:
                 chunk = images[lo:hi].permute(0, 2, 3, 1).contiguous().numpy()
                 block = corrupt(chunk, corruption, s, table,
                                 [image_seed(seed, corruption, s, i) for i in range(lo, hi)])
+                block = saved_as_released(block, table)
                 handle.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
 
     write_atomic(folder / f"{corruption}.npy", write, hint="pass a writable --cache-dir")
@@ -255,10 +259,25 @@ def _pool(jobs: int):
         yield pool
 
 
+def saved_as_released(block: np.ndarray, table: CorruptionTable) -> np.ndarray:
+    """Corrupted (N, H, W, 3) images as the release stores them: through its final JPEG round
+    trip where it has one (ImageNet-C: quality 85), by the libjpeg-exact batched codec, so a
+    generated set is the same on CPU and GPU and equals Pillow's round trip bit for bit."""
+    quality = FINAL_JPEG_QUALITY.get(table.name)
+    if quality is None:
+        return block
+    from .jpeg_codec import round_trip
+
+    images = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2).contiguous()
+    return round_trip(images, quality).permute(0, 2, 3, 1).numpy()
+
+
 def _set_key(clean: Split, table: CorruptionTable, backend: str, version: int, seed: int) -> str:
+    final = FINAL_JPEG_QUALITY.get(table.name)
     return stable_hash({"data": clean.fingerprint(), "table": table.name,
                         "params": dict(table.severities), "frost": table.frost_scale,
-                        "backend": backend, "backend_version": version, "seed": seed}, length=12)
+                        "backend": backend, "backend_version": version, "seed": seed,
+                        **({"final_jpeg": final} if final else {})}, length=12)
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

@@ -153,3 +153,34 @@ def test_generation_spread_over_processes_gives_the_same_files(tmp_path, clean, 
     parallel = generated_arrays(*args, tmp_path / "parallel", limit=6).folder
     for name in ("gaussian_noise", "snow", "labels"):
         assert np.array_equal(np.load(serial / f"{name}.npy"), np.load(parallel / f"{name}.npy"))
+
+
+def test_a_generated_imagenet_size_image_is_pillows_quality_85_round_trip_of_its_corruption(
+        tmp_path):
+    """ImageNet-C's last step (make_imagenet_c.py saves each corrupted image at quality 85)."""
+    import io
+
+    from PIL import Image
+
+    from robustbench_lite.bench.corruptions import engine
+    from robustbench_lite.bench.corruptions.tables import IMAGENET
+
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    x = torch.nn.functional.interpolate(torch.from_numpy(smooth).float(), size=224,
+                                        mode="bicubic").clamp(0, 255).round().to(torch.uint8)
+    split = Split(x, torch.tensor([0, 1, 2]))
+    folder = generated_arrays(split, "photos", ("contrast", "gaussian_noise"), IMAGENET, "engine", 0,
+                              tmp_path).folder
+    for corruption in ("contrast", "gaussian_noise"):
+        stored = np.load(folder / f"{corruption}.npy")
+        for severity in (1, 5):
+            before = engine.corrupt_batch(x.permute(0, 2, 3, 1).numpy(), corruption, severity,
+                                          IMAGENET, [image_seed(0, corruption, severity, i)
+                                                     for i in range(3)])
+            for i in range(3):
+                buffer = io.BytesIO()
+                Image.fromarray(before[i]).save(buffer, "JPEG", quality=85)
+                pillow = np.asarray(Image.open(buffer).convert("RGB"))
+                assert np.array_equal(stored[(severity - 1) * 3 + i], pillow), (corruption, i)
+                assert not np.array_equal(stored[(severity - 1) * 3 + i], before[i])
