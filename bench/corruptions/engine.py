@@ -4,7 +4,8 @@ The same math as the per-image reference backend (`reference.py`, after Hendryck
 Dietterich, ICLR 2019), driven by the same parameter tables (`corruptions.CIFAR`, `IMAGENET`), but
 every operation runs on a whole batch: noise by element-wise ops, linear filters (Gaussian, disk,
 zoom) as small matrix products (`filter_matrices`), motion and glass blur by gathers, elastic
-warps by `grid_sample`, fog by a batched plasma fractal, JPEG by a batched libjpeg (`jpeg_codec`).
+warps by `grid_sample` and gathers, fog by a batched plasma fractal, JPEG by a batched libjpeg
+(`jpeg_codec`), spatter's edge and distance maps by OpenCV's algorithms run on the whole batch.
 
 Seeding rule. Random numbers come from counter-based per-image streams (`random_streams`): an
 image's corruption depends only on (image, corruption, severity, table, its seed), never on the
@@ -17,16 +18,17 @@ Deviations from the reference backend (random streams differ, so only the distri
 - glass blur: the reference's sequential local pixel moves are resolved for all positions at
   once (a position whose move reads an already-moved pixel follows it by pointer jumping), the
   exact algorithm with the engine's random moves;
-- elastic transform: OpenCV's `warpAffine` (reflect-101 border) and scipy's `map_coordinates`
-  (reflect) are both done by `grid_sample` with reflection padding;
-- spatter (water): Canny edges are approximated by a thresholded Sobel gradient and the L2
-  distance transform by a chessboard distance (iterated 3x3 minima, truncated at 20 px as in
-  the generator); water spatter at severities 2-3 changes pixels about half as much as the
-  reference (mean absolute change), for a model error within half a point on digits;
-- frost pictures are resized by bilinear interpolation (OpenCV's linear resize without
-  antialiasing);
-- pixelate reproduces Pillow's BOX resampling as two weight matrices (rounding to 8 bits between the
-  horizontal and vertical passes, like Pillow);
+- elastic transform: OpenCV's `warpAffine` (reflect-101 border) is done by `grid_sample` with
+  reflection padding at exact coordinates (OpenCV rounds them to 1/32 pixel), scipy's
+  `map_coordinates` (reflect) by gathers in the half-sample symmetric extension;
+- spatter (water): OpenCV's Canny, 5x5 chamfer distance transform, box blurs and emboss are
+  re-implemented for the batch (equal to OpenCV's on the maps tested; see `_canny`,
+  `_chamfer_distance`, `_box3`);
+- frost pictures are resized with OpenCV's bilinear coordinates and 11-bit weights (equal to
+  `cv2.resize` at CIFAR's scale 0.2, within a level at other scales); pictures grown to fit a large
+  image use torch's bicubic interpolation (OpenCV's INTER_CUBIC kernel, float arithmetic);
+- pixelate reproduces Pillow's BOX resampling as two fixed-point weight matrices (22-bit weights,
+  rounding half up to 8 bits after the horizontal and the vertical pass, like Pillow);
 - JPEG equals libjpeg's output (Pillow's, torchvision's) for sides that are multiples of 16.
 """
 
@@ -48,7 +50,7 @@ from .jpeg_codec import round_trip
 from .pictures import frost_pictures
 from .random_streams import Streams, shr
 
-VERSION = 2  # bump when an output changes: it is part of the fingerprint of cached generated sets
+VERSION = 3  # bump when an output changes: it is part of the fingerprint of cached generated sets
 PARALLEL = False  # batched already: one process beats a pool of processes
 
 
@@ -160,9 +162,13 @@ def _glass_sources(noise: Streams, h: int, w: int, delta: int, iterations: int) 
     return sources
 
 
+_BOX_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
+
+
 @functools.cache
 def _box_matrix(size_in: int, size_out: int) -> Tensor:
-    """Pillow's BOX resampling weights (size_out, size_in)."""
+    """Pillow's BOX resampling weights (size_out, size_in) in its 8-bit fixed point: each normalised
+    weight k becomes the integer (int)(k * 2**22 + 0.5) (Resample.c, `normalize_coeffs_8bpc`)."""
     scale = size_in / size_out
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
@@ -175,30 +181,38 @@ def _box_matrix(size_in: int, size_out: int) -> Tensor:
             u = (j - centre + 0.5) / filterscale
             weights[i, j] = 1.0 if -0.5 < u <= 0.5 else 0.0
         weights[i] /= weights[i].sum()
-    return torch.from_numpy(weights).float()
+    return torch.from_numpy(np.floor(weights * (1 << _BOX_BITS) + 0.5))
+
+
+def _box_round(sums: Tensor) -> Tensor:
+    """Pillow's 8-bit result of fixed-point sums: (sum + 2**21) >> 22, clipped (rounding half up).
+    float64 holds these integer sums (below 2**31) exactly."""
+    return sums.add_(2.0 ** (_BOX_BITS - 1)).div_(2.0 ** _BOX_BITS).floor_().clamp_(0, 255)
 
 
 def _box_resize(x: Tensor, h_out: int, w_out: int) -> Tensor:
     """Pillow `resize(..., BOX)` of (N, C, H, W) pixel values, horizontal pass then vertical, each
-    rounded to 8 bits (averages of pixels: no clamping needed)."""
+    rounded to 8 bits as Pillow rounds (float64 in, float64 out)."""
     h, w = x.shape[-2:]
     if w_out != w:
-        x = (x @ _box_matrix(w, w_out).to(x).T).round_()
+        x = _box_round(x @ _box_matrix(w, w_out).to(x).T)
     if h_out != h:
-        x = (_box_matrix(h, h_out).to(x) @ x).round_()
+        x = _box_round(_box_matrix(h, h_out).to(x) @ x)
     return x
 
 
 @functools.cache
 def _frost_pictures(scale: float) -> tuple[Tensor, ...]:
-    """The frost pictures (`pictures.py`) as float (3, H, W) pixel tensors, resized."""
+    """The frost pictures (`pictures.py`) as float (3, H, W) pixel tensors, resized by `scale` as
+    the reference's `cv2.resize(fx=scale, fy=scale)` (bilinear; see `opencv_linear_resize`)."""
     pictures = []
     for array in frost_pictures():
-        picture = torch.from_numpy(array.copy()).permute(2, 0, 1).float()
+        picture = torch.from_numpy(array.copy()).permute(2, 0, 1).double()
         if scale != 1:
-            size = (round(picture.shape[1] * scale), round(picture.shape[2] * scale))
-            picture = F.interpolate(picture[None], size=size, mode="bilinear", align_corners=False)[0]
-        pictures.append(picture.round().clamp(0, 255))
+            h, w = picture.shape[1:]
+            picture = fm.separable(picture, fm.opencv_linear_resize(h, scale),
+                                   fm.opencv_linear_resize(w, scale)).add_(0.5).floor_()
+        pictures.append(picture.clamp(0, 255).float())
     return tuple(pictures)
 
 
@@ -379,6 +393,25 @@ def _sample(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
+def _sample_symmetric(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """scipy's `map_coordinates(order=1, mode="reflect")` of every channel of (N, C, H, W) `x` at
+    pixel coordinates (N, H', W'): bilinear between the neighbours of each coordinate, neighbours
+    outside the image folded back by the half-sample symmetric rule (d c b a | a b c d)."""
+    n, c, h, w = x.shape
+    top, left = rows.floor(), cols.floor()
+    down, right = (rows - top)[:, None], (cols - left)[:, None]
+    top, left = top.long(), left.long()
+    flat = x.flatten(2)
+
+    def at(r: Tensor, k: Tensor) -> Tensor:
+        index = fm.fold(r, h, "symmetric") * w + fm.fold(k, w, "symmetric")
+        return torch.gather(flat, 2, index.flatten(1)[:, None].expand(-1, c, -1)).view(n, c, *rows.shape[1:])
+
+    upper = torch.lerp(at(top, left), at(top, left + 1), right)
+    lower = torch.lerp(at(top + 1, left), at(top + 1, left + 1), right)
+    return torch.lerp(upper, lower, down)
+
+
 def elastic_transform(images, params, noise, table):
     alpha, sigma, affine = params
     x = images.float()
@@ -401,12 +434,12 @@ def elastic_transform(images, params, noise, table):
     x = _sample(x, src[:, 1].float(), src[:, 0].float())
     shifts = noise.uniform(1, (2, h, w), -1, 1)
     shifts = fm.gaussian(shifts, sigma, "symmetric", truncate=3) * alpha
-    return _sample(x, ys.float() + shifts[:, 1], xs.float() + shifts[:, 0])
+    return _sample_symmetric(x, ys.float() + shifts[:, 1], xs.float() + shifts[:, 0])
 
 
 def pixelate(images, factor, noise, table):
     h, w = images.shape[-2:]
-    small = _box_resize(images.float(), int(h * factor), int(w * factor))
+    small = _box_resize(images.double(), int(h * factor), int(w * factor))
     return _box_resize(small, h, w).to(torch.uint8)
 
 
@@ -432,44 +465,154 @@ def _equalize(x: Tensor) -> Tensor:
 
 
 _EMBOSS = ((-2, -1, 0), (-1, 1, 1), (0, 1, 2))
-_SOBEL = ((-1, 0, 1), (-2, 0, 2), (-1, 0, 1))
-_BOX3 = ((1 / 9,) * 3,) * 3
 _WATER = (175, 238, 238)
 _MUD = (63, 42, 20)
 
 
-def _chessboard_distance(edges: Tensor, limit: int = 20) -> Tensor:
-    """Chessboard distance of every pixel of (..., H, W) boolean `edges` to the nearest edge
-    pixel, at most `limit`: 3x3 minima + 1, repeated until nothing changes (uint8 throughout)."""
-    distance = torch.where(edges, 0, limit).to(torch.uint8)
-    for _ in range(limit):
-        padded = F.pad(distance, (1, 1, 1, 1), value=limit)
-        rows = torch.minimum(torch.minimum(padded[..., :-2, :], padded[..., 1:-1, :]), padded[..., 2:, :])
-        nearer = torch.minimum(torch.minimum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:]).add_(1)
-        nearer = torch.minimum(nearer, distance)
-        if torch.equal(nearer, distance):
-            break
-        distance = nearer
-    return distance.float()
+def _pad101(x: Tensor) -> Tensor:
+    """(..., H, W) `x` with one more pixel on every side, reflect-101 (OpenCV's default border)."""
+    rows, cols = (fm.fold(torch.arange(-1, n + 1, device=x.device), n, "reflect101") for n in x.shape[-2:])
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _correlate3(x: Tensor, kernel: tuple[tuple[float, ...], ...]) -> Tensor:
+    """3x3 correlation of (N, C, H, W) `x` with `kernel`, reflect-101 border (OpenCV's `filter2D`),
+    tap by tap in the dtype of `x`: exact for integer taps and values."""
+    h, w = x.shape[-2:]
+    padded, out = _pad101(x), torch.zeros_like(x)
+    for i, row in enumerate(kernel):
+        for j, tap in enumerate(row):
+            if tap:
+                out.add_(padded[..., i:i + h, j:j + w], alpha=tap)
+    return out
+
+
+def _box_sum3(x: Tensor) -> Tensor:
+    """Sums of the 3x3 neighbourhoods of (..., H, W) `x`, reflect-101 border, in the dtype of `x`."""
+    padded = _pad101(x)
+    rows = padded[..., :, :-2] + padded[..., :, 1:-1] + padded[..., :, 2:]
+    return rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+
+
+def _box3(x: Tensor) -> Tensor:
+    """`cv2.blur(x, (3, 3))` of float32 `x`: OpenCV sums in float64, exactly, and rounds the sum
+    times 1/9 to float32 (which a truncation to 8 bits then reads)."""
+    return _box_sum3(x.double()).mul_(1 / 9).float()
+
+
+_TG22 = 13573  # OpenCV's tan(22.5 degrees) in fixed point: round(0.41421356 * 2**15)
+
+
+def _sobel3(x: Tensor) -> tuple[Tensor, Tensor]:
+    """OpenCV's 3x3 Sobel derivatives (d/dx, d/dy) of (N, 1, H, W) integer-valued float pixels, edge
+    pixels repeated (the BORDER_REPLICATE of Canny), as int32."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    across = padded[..., :, 2:] - padded[..., :, :-2]
+    down = padded[..., 2:, :] - padded[..., :-2, :]
+    gx = across[..., :-2, :] + 2 * across[..., 1:-1, :] + across[..., 2:, :]
+    gy = down[..., :, :-2] + 2 * down[..., :, 1:-1] + down[..., :, 2:]
+    return gx.int(), gy.int()
+
+
+def _dilate3(x: Tensor) -> Tensor:
+    """3x3 dilation of (..., H, W) boolean `x` (nothing outside the image)."""
+    padded = F.pad(x, (1, 1, 1, 1))
+    rows = padded[..., :, :-2] | padded[..., :, 1:-1] | padded[..., :, 2:]
+    return rows[..., :-2, :] | rows[..., 1:-1, :] | rows[..., 2:, :]
+
+
+def _hysteresis(strong: Tensor, candidates: Tensor) -> Tensor:
+    """The candidates 8-connected to a strong pixel through candidates: 3x3 dilations restricted to
+    the candidates, until nothing changes (the result of OpenCV's stack-based edge tracking)."""
+    edges = strong
+    while True:
+        grown = _dilate3(edges).logical_and_(candidates)
+        if torch.equal(grown, edges):
+            return edges
+        edges = grown
+
+
+def _canny(x: Tensor, low: int, high: int) -> Tensor:
+    """`cv2.Canny(x, low, high)` (3x3 aperture, L1 gradient) of (N, 1, H, W) integer-valued float
+    pixels, as a boolean edge map. Magnitude |gx| + |gy| (0 outside the image); a pixel above `low`
+    survives non-maximum suppression when it beats its two neighbours across the gradient: left and
+    right when |gy| < |gx| tan 22.5, above and below when |gy| > |gx| tan 67.5 (strictly the first,
+    at least the second), else the diagonal the gradient signs pick (strictly both), in OpenCV's
+    fixed-point arithmetic; survivors above `high` are strong, the rest follow by hysteresis."""
+    gx, gy = _sobel3(x)
+    mag = gx.abs() + gy.abs()
+    h, w = mag.shape[-2:]
+    padded = F.pad(mag, (1, 1, 1, 1))
+
+    def beats(dy: int, dx: int, strict: bool = True) -> Tensor:
+        other = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        return mag > other if strict else mag >= other
+
+    ax, ay = gx.abs(), gy.abs() << 15
+    tg22x = ax * _TG22
+    horizontal = ay < tg22x
+    vertical = ay > tg22x.add_(ax << 16)
+    falling = (gx ^ gy) >= 0  # the gradient's signs agree: the diagonal from top left
+    oblique = ~(horizontal | vertical)
+    peak = (horizontal & beats(0, -1) & beats(0, 1, False)) | (vertical & beats(-1, 0) & beats(1, 0, False))
+    peak |= oblique & falling & beats(-1, -1) & beats(1, 1)
+    peak |= oblique & ~falling & beats(-1, 1) & beats(1, -1)
+    candidates = peak.logical_and_(mag > low)
+    return _hysteresis(candidates & (mag > high), candidates)
+
+
+_STEP, _DIAGONAL, _KNIGHT = 1.0, 1.4, 2.1969  # OpenCV's 5x5 chamfer mask for DIST_L2
+
+
+def _chamfer_rows(p: Tensor, r: int, ahead: int) -> Tensor:
+    """The best float32 distance to (padded) row r of `p` through the mask's moves from the two
+    rows already swept, `ahead` = -1 (rows above, forward pass) or 1 (rows below, backward pass)."""
+    w = p.shape[-1] - 4
+    near, far = p[:, r + ahead], p[:, r + 2 * ahead]
+    knights = torch.minimum(torch.minimum(far[:, 1:w + 1], far[:, 3:w + 3]),
+                            torch.minimum(near[:, :w], near[:, 4:])).add_(_KNIGHT)
+    corners = torch.minimum(near[:, 1:w + 1], near[:, 3:w + 3]).add_(_DIAGONAL)
+    return torch.minimum(torch.minimum(knights, corners), near[:, 2:w + 2] + _STEP)
+
+
+def _chamfer_distance(edges: Tensor, limit: int = 20) -> Tensor:
+    """`cv2.distanceTransform(255 - edges, DIST_L2, 5)` of (N, 1, H, W) boolean `edges`, truncated
+    at `limit` (the generator's THRESH_TRUNC): OpenCV's two passes over the 5x5 chamfer mask, row by
+    row for the whole batch, float32 sums as OpenCV's. Within a row the pass along the row (one step
+    from the previous pixel) is a running minimum, t[j] = min_k (base[k] + |j - k|), in float64
+    rounded once to float32, where OpenCV rounds at every step (the same float32 on every map
+    tested)."""
+    n, _, h, w = edges.shape
+    far = float(limit + 3)  # any value above the limit is truncated to it
+    p = torch.full((n, h + 4, w + 4), far, dtype=torch.float32, device=edges.device)
+    ramp = torch.arange(w, device=edges.device, dtype=torch.float64) * _STEP
+    for r in range(2, h + 2):  # forward: top to bottom, left to right
+        base = _chamfer_rows(p, r, -1).masked_fill_(edges[:, 0, r - 2], 0.0).double()
+        p[:, r, 2:w + 2] = torch.cummin(base - ramp, 1).values.add_(ramp)
+    for r in range(h + 1, 1, -1):  # backward: bottom to top, right to left
+        base = torch.minimum(_chamfer_rows(p, r, 1), p[:, r, 2:w + 2]).double()
+        p[:, r, 2:w + 2] = torch.cummin((base + ramp).flip(1), 1).values.flip(1).sub_(ramp)
+    return p[:, None, 2:h + 2, 2:w + 2].clamp(max=limit)
+
+
+def _water_mask(liquid8: Tensor) -> Tensor:
+    """The generator's water mask of (N, 1, H, W) 8-bit liquid layers: Canny edges, their distance
+    (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer."""
+    dist = _chamfer_distance(_canny(liquid8, 50, 150))
+    dist = _equalize(torch.floor(_box3(dist)))
+    embossed = _correlate3(dist, _EMBOSS).round_().clamp_(0, 255)
+    dist = _box_sum3(embossed).div_(9).round_()  # cv2.blur of 8-bit pixels: a sum / 9 is never halfway
+    return liquid8 * dist
 
 
 def spatter(images, params, noise, table):
     loc, scale, sigma, threshold, intensity, mud = params
     x = images.float()
     _, _, h, w = x.shape
-
-    def filtered(y, kernel):
-        return fm.kernel_filter(kernel, h, w, "reflect101")(y)
-
     liquid = fm.gaussian(noise.normal(0, (1, h, w)).mul_(scale).add_(loc), sigma)
     liquid = torch.where(liquid < threshold, 0.0, liquid)
     if not mud:
-        liquid8 = torch.remainder(torch.floor(liquid * 255), 256)
-        gx, gy = filtered(liquid8, _SOBEL), filtered(liquid8, tuple(zip(*_SOBEL)))
-        dist = _chessboard_distance((gx.abs() + gy.abs()) > 150)
-        dist = _equalize(torch.floor(filtered(dist, _BOX3)))
-        dist = torch.round(filtered(torch.round(filtered(dist, _EMBOSS)).clamp(0, 255), _BOX3))
-        mask = liquid8 * dist
+        mask = _water_mask(torch.remainder(torch.floor(liquid * 255), 256))
         peak = mask.amax((1, 2, 3), keepdim=True)
         mask = torch.where(peak > 0, mask / torch.where(peak > 0, peak, 1.0) * intensity, mask)
         colour = torch.tensor(_WATER, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

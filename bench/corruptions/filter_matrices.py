@@ -135,3 +135,23 @@ def clipped_zoom(n: int, factor: float) -> Tensor:
     matrix = np.zeros((n, n))
     matrix[:, top:top + crop] = zoomed[trim:trim + n]
     return torch.from_numpy(matrix).float()
+
+
+@functools.cache
+def opencv_linear_resize(n: int, scale: float) -> Tensor:
+    """(round(n * scale), n) float64 matrix of OpenCV's `resize(fx=scale, interpolation=INTER_LINEAR)`
+    of 8-bit images along one axis: output i samples input (i + 0.5) / scale - 0.5 (clamped to the
+    first and last pixel), weights rounded to OpenCV's 11-bit fixed point."""
+    out = round(n * scale)
+    matrix = np.zeros((out, n))
+    for i in range(out):
+        position = np.float32((i + 0.5) * (1 / scale) - 0.5)
+        low = math.floor(position)
+        frac = float(position - low)
+        if low < 0:
+            low, frac = 0, 0.0
+        if low >= n - 1:
+            low, frac = n - 1, 0.0
+        matrix[i, low] += round((1 - frac) * 2048) / 2048
+        matrix[i, min(low + 1, n - 1)] += round(frac * 2048) / 2048
+    return torch.from_numpy(matrix)

@@ -73,9 +73,11 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
 
 
 def _zooms(stop: float, step: float) -> tuple[float, ...]:
-    """The factors of `np.arange(1, stop, step)` as the generators use them (float rounding included:
-    e.g. arange(1, 1.06, 0.01) has 7 values, 1.00 to 1.06)."""
-    return tuple(round(float(z), 6) for z in np.arange(1, stop, step))
+    """The factors of `np.arange(1, stop, step)` exactly as the generators use them, float rounding
+    included: arange(1, 1.06, 0.01) has 7 values, 1.00 to 1.06, and the last factor of
+    arange(1, 1.26, 0.01) is 1.2500000000000002, with which scipy's zoom (output side
+    round(side * factor)) takes 26 pixels to 33, where 1.25 would give 32."""
+    return tuple(float(z) for z in np.arange(1, stop, step))
 
 
 @dataclass(frozen=True, eq=False)

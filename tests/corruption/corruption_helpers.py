@@ -1,4 +1,5 @@
-"""Helpers of the corruption tests: small smooth colour images, a canonical CIFAR-C folder."""
+"""Helpers of the corruption tests: small smooth colour images, natural photographs, a canonical
+CIFAR-C folder."""
 
 from __future__ import annotations
 
@@ -17,6 +18,27 @@ def colour_images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
     x = scipy.ndimage.gaussian_filter(rng.random((n, size, size, 3)), (0, 2, 2, 0))
     low, high = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
     return ((x - low) / (high - low) * 255).astype(np.uint8)
+
+
+PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+"""scikit-image's bundled sample photographs (shipped inside the package, no download)."""
+
+
+def photographs(size: int) -> np.ndarray:
+    """(6, size, size, 3) uint8: the central square of each of `PHOTOGRAPHS`, resized by Pillow
+    (bicubic)."""
+    import skimage.data
+    from PIL import Image
+
+    out = []
+    for name in PHOTOGRAPHS:
+        image = getattr(skimage.data, name)()
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = Image.fromarray(image[top:top + side, left:left + side])
+        out.append(np.asarray(square.resize((size, size), Image.BICUBIC)))
+    return np.stack(out)
 
 
 def write_cifar_c(folder: Path, clean: np.ndarray, labels: np.ndarray,

@@ -35,7 +35,7 @@ def test_kernel_filter_equals_opencv_filter2d():
 
 def test_clipped_zoom_matrix_equals_the_reference_zoom():
     x = np.random.default_rng(2).random((32, 32, 3))
-    for factor in (1.01, 1.16, 1.75, 2.25):
+    for factor in (1.01, 1.16, 1.75, 2.25, 1.25, float(np.arange(1, 1.26, 0.01)[-1])):  # 32 or 33 px
         zh = fm.clipped_zoom(32, factor).double().numpy()
         ours = np.einsum("ia,abc,jb->ijc", zh, x, zh)
         assert np.abs(ours - ref._clipped_zoom(x, factor)).max() < 1e-6, factor
@@ -48,3 +48,19 @@ def test_many_terms_run_as_one_dense_product():
     x = torch.rand(2, 3, 16, 16)
     by_terms = sum(fm.separable(x, r, c) for r, c in terms)
     assert torch.allclose(dense(x), by_terms, atol=1e-5)
+
+
+def test_opencv_linear_resize_matrix_equals_cv2_resize():
+    """Exact at the CIFAR frost scale 0.2 (whole-pixel samples), within a level at other scales
+    (where OpenCV's 8-bit passes round in their own fixed point)."""
+    from robustbench_lite.bench.corruptions.pictures import frost_pictures
+
+    for picture in frost_pictures()[3:5]:  # 350 x 527 and 495 x 660: sides that scale to fractions
+        h, w = picture.shape[:2]
+        for scale in (0.2, 0.37, 1.3):
+            x = torch.from_numpy(picture.astype(np.float64)).permute(2, 0, 1)
+            ours = fm.separable(x, fm.opencv_linear_resize(h, scale), fm.opencv_linear_resize(w, scale))
+            ours = ours.add_(0.5).floor_().clamp_(0, 255).permute(1, 2, 0).numpy()
+            theirs = cv2.resize(picture, (0, 0), fx=scale, fy=scale)
+            assert ours.shape == theirs.shape
+            assert np.abs(ours - theirs).max() <= (0 if scale == 0.2 else 1), scale

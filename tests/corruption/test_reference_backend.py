@@ -16,7 +16,7 @@ from robustbench_lite.bench.corruptions.tables import (
     parse_corruptions, table_for)
 from robustbench_lite.bench.errors import UserError
 
-from corruption_helpers import colour_images
+from corruption_helpers import colour_images, photographs
 
 ic = pytest.importorskip("imagecorruptions.corruptions")
 
@@ -140,6 +140,46 @@ def test_imagenet_table_matches_imagecorruptions_at_224(name):
         np.random.seed(severity)
         got = _ours(image, name, severity, IMAGENET, _LegacyRng)
         assert np.abs(expected.astype(int) - got).max() <= 1, (name, severity)
+
+
+def _generator_zoom_blur(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """hendrycks' make_cifar_c.py (and make_imagenet_c.py) zoom_blur, restated from the published
+    code: every factor's clipped_zoom (scipy's zoom, order 1, of the central ceil(h / factor)
+    square, its extra pixels trimmed), summed in float32, averaged with the image, cast to uint8."""
+    x = (np.array(image) / 255.).astype(np.float32)
+    out = np.zeros_like(x)
+    h = x.shape[0]
+    for factor in factors:
+        crop = int(np.ceil(h / factor))
+        top = (h - crop) // 2
+        layer = scipy.ndimage.zoom(x[top:top + crop, top:top + crop], (factor, factor, 1), order=1)
+        trim = (layer.shape[0] - h) // 2
+        out += layer[trim:trim + h, trim:trim + h]
+    return np.uint8(np.clip((x + out) / (len(factors) + 1), 0, 1) * 255)
+
+
+GENERATOR_ZOOMS = {  # the factor lists of make_cifar_c.py and make_imagenet_c.py
+    32: [np.arange(1, stop, 0.01) for stop in (1.06, 1.11, 1.16, 1.21, 1.26)],
+    224: [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+          np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03)],
+}
+
+
+@pytest.mark.parametrize("size", [32, pytest.param(224, marks=pytest.mark.slow)])
+def test_zoom_blur_equals_the_generators_on_photographs(size):
+    """Pixel for pixel at every severity: the tables hold np.arange's exact factors, so the layer of
+    1.2500000000000002 (CIFAR severity 5) is zoomed from 26 to 33 pixels as the generator zooms it
+    (rounded to 1.25 it became 32 pixels and changed a quarter of the values of these photographs)."""
+    table = table_for(size)
+    for severity, factors in enumerate(GENERATOR_ZOOMS[size], start=1):
+        assert table.params("zoom_blur", severity) == tuple(factors.tolist())
+        for image in photographs(size):
+            expected = _generator_zoom_blur(image, factors)
+            assert np.array_equal(ref.corrupt(image, "zoom_blur", severity, table, 0), expected), severity
+    if size == 32:  # the test tells the rounded factors apart
+        image = photographs(32)[0]
+        rounded = _generator_zoom_blur(image, np.round(GENERATOR_ZOOMS[32][4], 6))
+        assert (rounded != _generator_zoom_blur(image, GENERATOR_ZOOMS[32][4])).mean() > 0.1
 
 
 @pytest.mark.parametrize("size", [32, 29, 57])
