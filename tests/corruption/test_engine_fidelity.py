@@ -17,9 +17,8 @@ from PIL import Image
 from robustbench_lite.bench.corruptions import engine as eng
 from robustbench_lite.bench.corruptions import reference as ref
 from robustbench_lite.bench.corruptions.random_streams import Streams
-from robustbench_lite.bench.corruptions.tables import ALL, SEVERITIES, table_for
+from robustbench_lite.bench.corruptions.tables import ALL, SEVERITIES, image_seed, table_for
 from robustbench_lite.bench.method import METHODS
-from robustbench_lite.bench.perf import corruption_errors
 from robustbench_lite.bench.recipes import Recipe
 from robustbench_lite.bench.train import TrainJob, trained_model
 
@@ -43,16 +42,39 @@ assert set(DETERMINISTIC) | set(ALIGNED) | {"shot_noise", "impulse_noise"} == se
 
 @pytest.mark.slow
 def test_engine_errors_match_the_reference_within_two_points(digits, tmp_path):
+    """A trained model's error per corruption (severities 1, 3, 5) on the engine's images and on
+    the reference's, both from the protocol's per-image seeds. The reference is handed the engine's
+    draws where it can be (`_EngineDraws`), so a gap measures the pixels, not two random streams;
+    shot and impulse noise cannot be aligned, so theirs may also differ by sampling: at most three
+    standard deviations of the difference of two error rates over the images."""
     recipe = Recipe(backbone="tiny", epochs=3, batch_size=64, lr=0.05, crop_padding=2, flip=False)
     job = TrainJob(METHODS.get("erm")(), "erm", digits, recipe, seed=0)
-    model = trained_model(job, torch.device("cpu"), tmp_path, progress=False)
+    model = trained_model(job, torch.device("cpu"), tmp_path, progress=False).eval()
     test = digits.test.subset(torch.arange(N_IMAGES))
-    engine = corruption_errors(model, test, "engine", severities=SEVERITIES_TRAINED)
-    reference = corruption_errors(model, test, "reference", severities=SEVERITIES_TRAINED)
-    assert set(engine) == set(reference) and len(engine) == 19
+    images, table = test.x.permute(0, 2, 3, 1).contiguous().numpy(), table_for(32)
+    engine, reference = {}, {}
+    for name in ALL:
+        ours, theirs = [], []
+        for severity in SEVERITIES_TRAINED:
+            seeds = [image_seed(0, name, severity, i) for i in range(len(images))]
+            ours.append(_error(model, _engine(name, images, severity, table, seeds), test.y))
+            theirs.append(_error(model, _reference(name, images, severity, table,
+                                                   name in ALIGNED, seeds), test.y))
+        engine[name], reference[name] = np.mean(ours), np.mean(theirs)
     assert 0.05 < sum(reference.values()) / 19 < 0.9  # a model that is neither perfect nor random
-    gaps = {name: abs(engine[name] - reference[name]) for name in engine}
-    assert max(gaps.values()) <= 0.02, {k: round(v * 100, 1) for k, v in gaps.items() if v > 0.02}
+    n = len(images) * len(SEVERITIES_TRAINED)
+    bound = {name: 0.02 if name in DETERMINISTIC + ALIGNED else 3 * math.sqrt(
+        (engine[name] * (1 - engine[name]) + reference[name] * (1 - reference[name])) / n)
+        for name in ALL}
+    gaps = {name: abs(engine[name] - reference[name]) for name in ALL}
+    assert all(gaps[k] <= bound[k] for k in ALL), {
+        k: (round(v * 100, 2), round(bound[k] * 100, 2)) for k, v in gaps.items() if v > bound[k]}
+
+
+def _error(model, images: np.ndarray, labels: torch.Tensor) -> float:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        return (model(x).argmax(1) != labels).float().mean().item()
 
 
 class _EngineDraws:
@@ -119,19 +141,21 @@ def _engine_draws(name: str, params, table, seed: int, h: int, w: int) -> list:
     raise KeyError(name)
 
 
-def _reference(name: str, images: np.ndarray, severity: int, table, aligned: bool) -> np.ndarray:
+def _reference(name: str, images: np.ndarray, severity: int, table, aligned: bool,
+               seeds: list[int] = SEEDS) -> np.ndarray:
     if not aligned:
-        return ref.corrupt_batch(images, name, severity, table, SEEDS)
+        return ref.corrupt_batch(images, name, severity, table, seeds)
     params = table.params(name, severity)
     out = [ref.CORRUPTIONS[name](image, params, _EngineDraws(_engine_draws(name, params, table, seed,
                                                                            *image.shape[:2])), table)
-           for image, seed in zip(images, SEEDS)]
+           for image, seed in zip(images, seeds)]
     return np.clip(np.stack(out), 0, 255).astype(np.uint8)
 
 
-def _engine(name: str, images: np.ndarray, severity: int, table) -> np.ndarray:
+def _engine(name: str, images: np.ndarray, severity: int, table,
+            seeds: list[int] = SEEDS) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return eng.corrupt(x, name, severity, table, SEEDS).permute(0, 2, 3, 1).numpy()
+    return eng.corrupt(x, name, severity, table, seeds).permute(0, 2, 3, 1).numpy()
 
 
 pictures = functools.cache(photographs)
