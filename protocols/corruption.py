@@ -140,9 +140,8 @@ class Corruption(Protocol):
                     source.array(corruption)  # fail early on a malformed file
                 return source, True, test.subset(torch.arange(limit))
             crop = 224 if ctx.dataset.name == "imagenet" else None
-            spaced = np.linspace(0, len(test) - 1, limit).round().astype(np.int64)
             return (CorruptionFolders(root, ctx.dataset.num_classes, crop, limit), True,
-                    test.subset(torch.from_numpy(spaced)))
+                    test.subset(torch.arange(limit)))
         table = table_for(ctx.dataset.image_size)
         source = generated_arrays(test, ctx.dataset.name, corruptions, table, cfg.backend,
                                   cfg.seed, ctx.cache_dir, limit, ctx.progress)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..atomic import ensure_folder, write_atomic
 from ..config import stable_hash
 from ..datasets import Split
+from ..datasets.imagenet import interleaved
 from ..errors import UserError
 from .tables import SEVERITIES, CorruptionTable, image_seed, load_backend
 
@@ -130,8 +131,9 @@ class CorruptionFolders:
         root: the release folder (e.g. `<data-root>/ImageNet-C`).
         num_classes: the number of WNID folders expected.
         crop: centre crop side applied to every image (ImageNet-C: 224, no resize); None keeps them.
-        limit: evaluate this many images per (corruption, severity), evenly spaced over the sorted
-            file list so every class is represented (0: all).
+        limit: evaluate this many images per (corruption, severity): the first of the files taken
+            class by class in turn, the rule the imagenet and tinyimagenet test splits are ordered
+            by, so the clean images measured beside them are the same files (0: all).
     """
 
     def __init__(self, root: Path, num_classes: int, crop: int | None = None, limit: int = 0) -> None:
@@ -156,8 +158,7 @@ class CorruptionFolders:
         files = [(path, label) for label, wnid in enumerate(wnids)
                  for path in sorted((folder / wnid).iterdir()) if path.is_file()]
         if self.limit and self.limit < len(files):
-            picks = np.linspace(0, len(files) - 1, self.limit).round().astype(int)
-            files = [files[i] for i in picks]
+            files = interleaved(files)[:self.limit]
         return files
 
     def batches(self, corruption: str, severity: int, batch_size: int) -> Iterator[Batch]:
