@@ -1,11 +1,14 @@
 """Batched torch implementation of the 19 common corruptions (the "engine" backend), CPU or CUDA.
 
 The same math as the per-image reference backend (`reference.py`, after Hendrycks &
-Dietterich, ICLR 2019), driven by the same parameter tables (`corruptions.CIFAR`, `IMAGENET`), but
-every operation runs on a whole batch: noise by element-wise ops, linear filters (Gaussian, disk,
-zoom) as small matrix products (`filter_matrices`), motion and glass blur by gathers, elastic
-warps by `grid_sample` and gathers, fog by a batched plasma fractal, JPEG by a batched libjpeg
-(`jpeg_codec`), spatter's edge and distance maps by OpenCV's algorithms run on the whole batch.
+Dietterich, ICLR 2019), driven by the same parameter tables (`corruptions.CIFAR`, `TINYIMAGENET`,
+`IMAGENET`), but every operation runs on a whole batch: noise by element-wise ops, linear filters
+on small images (up to `_SMALL` pixels, the CIFAR sizes) as small matrix products
+(`filter_matrices`), on larger ones the disk and motion kernels by FFTs and the zooms by row
+selections and banded products; glass blur by gathers, elastic warps by `grid_sample` and
+gathers, fog by a batched plasma fractal, pixelate by integer box sums, JPEG by a batched libjpeg
+(`jpeg_codec`; on a CPU, large images go through Pillow's libjpeg itself, in threads), spatter's
+edge and distance maps by OpenCV's algorithms run on the whole batch.
 
 Seeding rule. Random numbers come from counter-based per-image streams (`random_streams`): an
 image's corruption depends only on (image, corruption, severity, table, its seed), never on the
@@ -24,12 +27,15 @@ Deviations from the reference backend (random streams differ, so only the distri
 - spatter (water): OpenCV's Canny, 5x5 chamfer distance transform, box blurs and emboss are
   re-implemented for the batch (equal to OpenCV's on the maps tested; see `_canny`,
   `_chamfer_distance`, `_box3`);
-- frost pictures are resized with OpenCV's bilinear coordinates and 11-bit weights (equal to
-  `cv2.resize` at CIFAR's scale 0.2, within a level at other scales); pictures grown to fit a large
-  image use torch's bicubic interpolation (OpenCV's INTER_CUBIC kernel, float arithmetic);
-- pixelate reproduces Pillow's BOX resampling as two fixed-point weight matrices (22-bit weights,
-  rounding half up to 8 bits after the horizontal and the vertical pass, like Pillow);
-- JPEG equals libjpeg's output (Pillow's, torchvision's) for sides that are multiples of 16.
+- frost pictures grown to fit a large image use torch's bicubic interpolation (OpenCV's INTER_CUBIC
+  kernel, float arithmetic); shrunk ones (the tables' scales 0.2 and 0.3) equal `cv2.resize`'s;
+- pixelate reproduces Pillow's BOX resampling exactly: integer window sums times its 22-bit
+  weights, rounded half up to 8 bits after the horizontal and the vertical pass, like Pillow;
+- JPEG equals libjpeg's output (Pillow's, torchvision's);
+- above `_SMALL` pixels, the disk, motion and zoom filters sum in float32 in another order than
+  the matrix products (FFTs: within 1e-4 of a grey level), which a truncation to 8 bits reads
+  differently where the exact value is an integer: a few pixels in 10,000, up to 1 % for the
+  smallest disk (equal weights, so many integer means), as the reference's own rounding does.
 """
 
 from __future__ import annotations
@@ -46,11 +52,11 @@ from torch import Tensor
 from . import filter_matrices as fm
 from .tables import CorruptionTable
 from ..errors import UserError
-from .jpeg_codec import round_trip
+from .jpeg_codec import libjpeg_round_trip, round_trip
 from .pictures import frost_pictures
-from .random_streams import Streams, shr
+from .random_streams import Streams
 
-VERSION = 3  # bump when an output changes: it is part of the fingerprint of cached generated sets
+VERSION = 4  # bump when an output changes: it is part of the fingerprint of cached generated sets
 PARALLEL = False  # batched already: one process beats a pool of processes
 
 
@@ -79,6 +85,10 @@ def corrupt_batch(images: np.ndarray, corruption: str, severity: int, table: Cor
 
 # ---------------------------------------------------------------- helpers
 
+_SMALL = 48 * 48
+"""Image area up to which the linear filters run as matrix products (the CIFAR sizes); larger
+images take FFTs and sparse taps, which round differently (within 1e-4 of a grey level)."""
+
 
 def _gray(x: Tensor) -> Tensor:
     weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
@@ -99,22 +109,57 @@ def _disk_kernel(radius: float, alias_blur: float) -> tuple[tuple[float, ...], .
     return tuple(map(tuple, out[0, 0].tolist()))
 
 
-def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
-    """ImageMagick-style motion blur of (N, C, H, W) `x`, image i along `angles[i]` (degrees):
-    out(y, x) = sum_t k_t x(y + round(t sin a), x + round(t cos a)), border clamped. Each tap picks
-    one shifted window per image from a view of all windows of the edge-padded batch."""
-    n, c, h, w = x.shape
-    taps = torch.arange(2 * int(radius) + 1, device=x.device, dtype=torch.float64)
+def _line_taps(radius: int, sigma: float, angles: Tensor) -> tuple[list[float], Tensor, Tensor]:
+    """ImageMagick's motion blur kernel along `angles[i]` (degrees): the 2*radius+1 normalised
+    weights k_t ~ exp(-t^2 / 2 sigma^2) and the (N, T) offsets round(t sin a), round(t cos a)."""
+    taps = torch.arange(2 * int(radius) + 1, device=angles.device, dtype=torch.float64)
     weights = torch.exp(-(taps ** 2) / (2.0 * sigma ** 2))
     theta = torch.deg2rad(angles.double())[:, None]
-    pad = len(taps) - 1
-    dy = torch.ceil(taps * torch.sin(theta) - 0.5).long() + pad  # (N, T), into the padded image
-    dx = torch.ceil(taps * torch.cos(theta) - 0.5).long() + pad
+    dy = torch.ceil(taps * torch.sin(theta) - 0.5).long()
+    dx = torch.ceil(taps * torch.cos(theta) - 0.5).long()
+    return (weights / weights.sum()).tolist(), dy, dx
+
+
+def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor, span: tuple[float, float]
+                 ) -> Tensor:
+    """ImageMagick-style motion blur of (N, C, H, W) `x`, image i along `angles[i]` (degrees, in
+    `span`): out(y, x) = sum_t k_t x(y + round(t sin a), x + round(t cos a)), border clamped. Small
+    images: each tap picks one shifted window per image from a view of all windows of the
+    edge-padded batch; large ones: one FFT correlation with each image's line kernel."""
+    n, c, h, w = x.shape
+    weights, dy, dx = _line_taps(radius, sigma, angles)
+    if h * w > _SMALL:
+        return _motion_blur_fft(x, weights, dy, dx, _line_reach(radius, span))
+    pad = len(weights) - 1
     windows = F.pad(x, (pad,) * 4, mode="replicate").unfold(2, h, 1).unfold(3, w, 1)
     images, out = torch.arange(n, device=x.device), torch.zeros_like(x)
-    for t, weight in enumerate((weights / weights.sum()).tolist()):
-        out.add_(windows[images, :, dy[:, t], dx[:, t]], alpha=weight)
+    for t, weight in enumerate(weights):
+        out.add_(windows[images, :, dy[:, t] + pad, dx[:, t] + pad], alpha=weight)
     return out
+
+
+@functools.cache
+def _line_reach(radius: int, span: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(up, down, left, right): how far the taps of `_line_taps` reach for any angle in `span`
+    (degrees; the extremes of sin and cos are at its ends or at multiples of 90 inside)."""
+    low, high = span
+    angles = [low, high] + [90.0 * k for k in range(-4, 5) if low < 90 * k < high]
+    _, dy, dx = _line_taps(radius, 1.0, torch.tensor(angles))
+    return -int(dy.min()), int(dy.max()), -int(dx.min()), int(dx.max())
+
+
+def _motion_blur_fft(x: Tensor, weights: list[float], dy: Tensor, dx: Tensor,
+                     reach: tuple[int, int, int, int]) -> Tensor:
+    """`_motion_blur` by FFTs: each image's taps scattered into a kernel covering `reach`,
+    correlated with the edge-padded image."""
+    n, _, h, w = x.shape
+    up, down, left, right = reach
+    rows, cols = up + down + 1, left + right + 1
+    taps = torch.tensor(weights, dtype=torch.float64, device=x.device).expand(n, -1)
+    kernel = torch.zeros(n, rows * cols, dtype=torch.float64, device=x.device)
+    kernel.scatter_add_(1, (dy + up) * cols + dx + left, taps)
+    padded = F.pad(x, (left, right, up, down), mode="replicate")
+    return fm.fft_correlation(padded, kernel.view(n, 1, rows, cols), h, w)
 
 
 @functools.cache
@@ -135,29 +180,34 @@ def _glass_sources(noise: Streams, h: int, w: int, delta: int, iterations: int) 
     """(N, H*W) int64: which pixel each position shows after the generator's local moves. Each
     iteration visits positions (r, c), r from h - delta down to delta + 1 and c likewise, and copies
     the pixel now at (r + dy, c + dx) onto (r, c). A visit reading a position visited earlier in
-    the same iteration reads its new pixel: such chains are followed by pointer jumping, so every
-    position is resolved at once."""
+    the same iteration (one inside the visited block, below, or on the same row to the right)
+    reads its new pixel: such chains are followed by pointer jumping, so every position is
+    resolved at once. The moves are drawn in visiting order and laid out on the block here."""
     n, dev = len(noise), noise.device
-    rows = torch.arange(h - delta, delta, -1, device=dev)
-    cols = torch.arange(w - delta, delta, -1, device=dev)
-    visited = (rows[:, None] * w + cols[None]).flatten()  # in visiting order
-    rank = torch.full((h * w,), len(visited), device=dev)
-    rank[visited] = torch.arange(len(visited), device=dev)
-    moves = noise.integers(0, (iterations, len(visited), 2), -delta, delta)  # (dx, dy)
-    everywhere = torch.arange(h * w, device=dev).expand(n, -1)
-    sources = everywhere
+    rows, cols = h - 2 * delta, w - 2 * delta  # the visited block: [delta + 1, h - delta] x ...
+    everywhere = torch.arange(h * w, device=dev)
+    if rows <= 0 or cols <= 0:
+        return everywhere.expand(n, -1)
+    moves = noise.integers(0, (iterations, rows * cols, 2), -delta, delta, torch.int32)
+    moves = moves.view(n, iterations, rows, cols, 2).flip(2, 3)  # (dx, dy), block order
+    dx, dy = moves[..., 0], moves[..., 1]
+    r = torch.arange(rows, device=dev, dtype=torch.int32)[:, None] + dy
+    c = torch.arange(cols, device=dev, dtype=torch.int32) + dx
+    inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+    follows = inside & ((dy > 0) | ((dy == 0) & (dx > 0)))
+    offsets = dy * w + dx
+    block = (slice(None), slice(delta + 1, h - delta + 1), slice(delta + 1, w - delta + 1))
+    sources = everywhere.expand(n, -1)
     for it in range(iterations):
-        targets = visited + moves[:, it, :, 1] * w + moves[:, it, :, 0]  # (N, P)
-        follows = rank[targets] < rank[visited]
-        parent = everywhere.clone()
-        parent[:, visited] = torch.where(follows, targets, visited)
-        for _ in range(max(len(visited), 1).bit_length()):
+        parent = everywhere.repeat(n, 1)
+        parent.view(n, h, w)[block] += offsets[:, it] * follows[:, it]
+        for _ in range(max(rows * cols, 1).bit_length()):
             jumped = torch.gather(parent, 1, parent)
             if torch.equal(jumped, parent):
                 break
             parent = jumped
-        base = everywhere.clone()
-        base[:, visited] = targets
+        base = everywhere.repeat(n, 1)
+        base.view(n, h, w)[block] += offsets[:, it]
         sources = torch.gather(sources, 1, torch.gather(base, 1, parent))
     return sources
 
@@ -184,34 +234,70 @@ def _box_matrix(size_in: int, size_out: int) -> Tensor:
     return torch.from_numpy(np.floor(weights * (1 << _BOX_BITS) + 0.5))
 
 
-def _box_round(sums: Tensor) -> Tensor:
-    """Pillow's 8-bit result of fixed-point sums: (sum + 2**21) >> 22, clipped (rounding half up).
-    float64 holds these integer sums (below 2**31) exactly."""
-    return sums.add_(2.0 ** (_BOX_BITS - 1)).div_(2.0 ** _BOX_BITS).floor_().clamp_(0, 255)
+@functools.cache
+def _box_taps(size_in: int, size_out: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """`_box_matrix` as taps: (input index, int32 weight) per output position, one pair of
+    (size_out,) tensors per tap (zero weights pad the rows with fewer taps; the taps of a row
+    weigh the same)."""
+    matrix = _box_matrix(size_in, size_out)
+    assert bool((matrix.amax(1) == torch.where(matrix > 0, matrix, math.inf).amin(1)).all())
+    count = int((matrix > 0).sum(1).max())
+    first = (matrix > 0).int().argmax(1)
+    taps = []
+    for k in range(count):
+        index = (first + k).clamp_(max=size_in - 1)
+        weight = matrix.gather(1, index[:, None])[:, 0] * (first + k < size_in)
+        taps.append((index.to(device), weight.int().to(device)))
+    return taps
+
+
+def _box_pass(x: Tensor, size_out: int, dim: int) -> Tensor:
+    """One Pillow BOX pass of (N, C, H, W) uint8 pixels along `dim` (-1 or -2), as uint8. A box
+    weighs the inputs of a window alike (22-bit weight w, Resample.c `normalize_coeffs_8bpc`), so
+    an output is (w * window sum + 2**21) >> 22, clipped (rounding half up): the window sums are
+    integers (int16), their products int32, exact, so any order of summation gives Pillow's. An
+    enlargement (one input of weight 1 per output) is a plain selection."""
+    taps = _box_taps(x.shape[dim], size_out, x.device)
+    n, c, h, w = x.shape
+
+    def pick(index: Tensor) -> Tensor:  # rows: whole-row copies; columns: a gather
+        if dim == -2:
+            return x.reshape(n * c, h, w).index_select(1, index).view(n, c, size_out, w)
+        return torch.gather(x, -1, index.expand(n, c, h, -1))
+
+    if len(taps) == 1 and bool((taps[0][1] == 1 << _BOX_BITS).all()):
+        return pick(taps[0][0])
+    sums, dtype = None, torch.int16 if len(taps) * 255 < 2**15 else torch.int32
+    for k, (index, weight) in enumerate(taps):
+        term = pick(index)
+        if k and bool((weight == 0).any()):  # shorter windows: their padding taps add nothing
+            term = term * (weight > 0).to(torch.uint8).view(-1, *(1,) * (-1 - dim))
+        sums = term.to(dtype) if sums is None else sums.add_(term)
+    weight = taps[0][1].view(-1, *(1,) * (-1 - dim))
+    out = sums.int().mul_(weight).add_(1 << (_BOX_BITS - 1)).bitwise_right_shift_(_BOX_BITS)
+    return out.clamp_(0, 255).to(torch.uint8)
 
 
 def _box_resize(x: Tensor, h_out: int, w_out: int) -> Tensor:
-    """Pillow `resize(..., BOX)` of (N, C, H, W) pixel values, horizontal pass then vertical, each
-    rounded to 8 bits as Pillow rounds (float64 in, float64 out)."""
+    """Pillow `resize(..., BOX)` of (N, C, H, W) uint8 pixels: horizontal pass, then vertical."""
     h, w = x.shape[-2:]
     if w_out != w:
-        x = _box_round(x @ _box_matrix(w, w_out).to(x).T)
+        x = _box_pass(x, w_out, -1)
     if h_out != h:
-        x = _box_round(_box_matrix(h, h_out).to(x) @ x)
+        x = _box_pass(x, h_out, -2)
     return x
 
 
 @functools.cache
 def _frost_pictures(scale: float) -> tuple[Tensor, ...]:
     """The frost pictures (`pictures.py`) as float (3, H, W) pixel tensors, resized by `scale` as
-    the reference's `cv2.resize(fx=scale, fy=scale)` (bilinear; see `opencv_linear_resize`)."""
+    the reference's `cv2.resize(fx=scale, fy=scale)` (bilinear, OpenCV's fixed point; see
+    `opencv_linear_resize_8u`)."""
     pictures = []
     for array in frost_pictures():
         picture = torch.from_numpy(array.copy()).permute(2, 0, 1).double()
         if scale != 1:
-            h, w = picture.shape[1:]
-            picture = fm.separable(picture, fm.opencv_linear_resize(h, scale),
-                                   fm.opencv_linear_resize(w, scale)).add_(0.5).floor_()
+            picture = fm.opencv_linear_resize_8u(picture, scale)
         pictures.append(picture.clamp(0, 255).float())
     return tuple(pictures)
 
@@ -238,9 +324,16 @@ def shot_noise(images, photons, noise, table):
 
 
 def impulse_noise(images, amount, noise, table):
+    """A value flips when the top 24 bits of its hash, a uniform, are below `amount` (compared as
+    unsigned 32-bit numbers: sign bit flipped, signed compare), to salt or pepper by its low bit."""
     bits = noise.bits(0, images[0].numel()).view(images.shape)
-    flipped = shr(bits, 8) <= int(amount * 2**24)  # a 24-bit uniform below `amount`
-    salt = (bits & 1).to(torch.uint8).mul_(255)  # then salt or pepper, even odds
+    bound = (int(amount * 2**24) + 1) << 8  # top 24 bits <= amount * 2**24
+    if bound >= 2**32:
+        flipped = torch.ones_like(bits, dtype=torch.bool)
+    else:
+        flipped = bits.bitwise_xor_(-2**31) < bound - 2**31
+    low = bits.view(torch.uint8)[..., ::4]  # the low byte of each (little-endian) hash
+    salt = low.bitwise_and(1).mul_(255)  # then salt or pepper, even odds
     return torch.where(flipped, salt, images)
 
 
@@ -249,8 +342,14 @@ def gaussian_blur(images, sigma, noise, table):
 
 
 def defocus_blur(images, params, noise, table):
+    """Small images: the disk's separable terms as matrices; large ones: one FFT correlation."""
     h, w = images.shape[-2:]
-    return fm.kernel_filter(_disk_kernel(*params), h, w, "reflect101")(images.float())
+    kernel = _disk_kernel(*params)
+    radius = len(kernel) // 2
+    if h * w <= _SMALL or radius >= min(h, w):
+        return fm.kernel_filter(kernel, h, w, "reflect101")(images.float())
+    padded = F.pad(images.float(), (radius,) * 4, mode="reflect")  # reflect-101
+    return fm.fft_correlation(padded, torch.tensor(kernel, device=images.device), h, w)
 
 
 def glass_blur(images, params, noise, table):
@@ -265,7 +364,7 @@ def glass_blur(images, params, noise, table):
 def motion_blur(images, params, noise, table):
     radius, sigma = params
     angles = noise.uniform(0, (), -45, 45)
-    return torch.round(_motion_blur(images.float(), radius, sigma, angles))
+    return torch.round(_motion_blur(images.float(), radius, sigma, angles, (-45, 45)))
 
 
 @functools.cache
@@ -278,7 +377,9 @@ def _zoom_blur_filter(h: int, w: int, zooms: tuple[float, ...]) -> fm.SeparableS
 
 def zoom_blur(images, zooms, noise, table):
     h, w = images.shape[-2:]
-    return _zoom_blur_filter(h, w, tuple(zooms))(images.float())
+    if h * w <= _SMALL:
+        return _zoom_blur_filter(h, w, tuple(zooms))(images.float())
+    return fm.clipped_zoom_sum(images, zooms).mul_(1 / (len(zooms) + 1))
 
 
 def snow(images, params, noise, table):
@@ -288,7 +389,7 @@ def snow(images, params, noise, table):
     flakes = fm.separable(flakes, fm.clipped_zoom(h, zoom), fm.clipped_zoom(w, zoom))
     flakes = torch.floor(torch.where(flakes < threshold, 0.0, flakes).clamp_(0, 1) * 255)
     angles = noise.uniform(1, (), -135, -45)
-    flakes = torch.round(_motion_blur(flakes, radius, sigma, angles))
+    flakes = torch.round(_motion_blur(flakes, radius, sigma, angles, (-135, -45)))
     x = images.float()
     x = blend * x + (1 - blend) * torch.maximum(x, _gray(x) * 1.5 + 127.5)
     return x.add_(flakes).add_(flakes.flip(-1, -2))
@@ -401,15 +502,27 @@ def _sample_symmetric(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     top, left = rows.floor(), cols.floor()
     down, right = (rows - top)[:, None], (cols - left)[:, None]
     top, left = top.long(), left.long()
+    above, below = _fold_symmetric(top, h).mul_(w), _fold_symmetric(top + 1, h).mul_(w)
+    before, after = _fold_symmetric(left, w), _fold_symmetric(left + 1, w)
     flat = x.flatten(2)
 
-    def at(r: Tensor, k: Tensor) -> Tensor:
-        index = fm.fold(r, h, "symmetric") * w + fm.fold(k, w, "symmetric")
-        return torch.gather(flat, 2, index.flatten(1)[:, None].expand(-1, c, -1)).view(n, c, *rows.shape[1:])
+    def at(row: Tensor, col: Tensor) -> Tensor:
+        index = (row + col).flatten(1)[:, None].expand(-1, c, -1)
+        return torch.gather(flat, 2, index).view(n, c, *rows.shape[1:])
 
-    upper = torch.lerp(at(top, left), at(top, left + 1), right)
-    lower = torch.lerp(at(top + 1, left), at(top + 1, left + 1), right)
+    upper = torch.lerp(at(above, before), at(above, after), right)
+    lower = torch.lerp(at(below, before), at(below, after), right)
     return torch.lerp(upper, lower, down)
+
+
+def _fold_symmetric(index: Tensor, n: int) -> Tensor:
+    """`fm.fold(index, n, "symmetric")` of int64 positions; for positions in [-2n, 2n) (all but
+    extreme displacements) by cheap passes: j = index, or -1 - index below 0 (index ^ its sign),
+    then min(j, 2n - 1 - j)."""
+    if not (-2 * n <= int(index.min()) and int(index.max()) < 2 * n):
+        return fm.fold(index, n, "symmetric")
+    mirrored = index ^ (index >> 63)
+    return torch.minimum(mirrored, (2 * n - 1) - mirrored)
 
 
 def elastic_transform(images, params, noise, table):
@@ -439,11 +552,16 @@ def elastic_transform(images, params, noise, table):
 
 def pixelate(images, factor, noise, table):
     h, w = images.shape[-2:]
-    small = _box_resize(images.double(), int(h * factor), int(w * factor))
-    return _box_resize(small, h, w).to(torch.uint8)
+    return _box_resize(_box_resize(images, int(h * factor), int(w * factor)), h, w)
+
+
+_LIBJPEG_PIXELS = 96 * 96  # from this area up, Pillow's libjpeg beats the batched codec on a CPU
 
 
 def jpeg_compression(images, quality, noise, table):
+    """The batched libjpeg round trip; on a CPU, for large images, libjpeg itself (same bytes)."""
+    if images.device.type == "cpu" and images.shape[-2] * images.shape[-1] >= _LIBJPEG_PIXELS:
+        return libjpeg_round_trip(images, quality)
     return round_trip(images, quality)
 
 
@@ -470,7 +588,9 @@ _MUD = (63, 42, 20)
 
 
 def _pad101(x: Tensor) -> Tensor:
-    """(..., H, W) `x` with one more pixel on every side, reflect-101 (OpenCV's default border)."""
+    """(N, C, H, W) `x` with one more pixel on every side, reflect-101 (OpenCV's default border)."""
+    if min(x.shape[-2:]) > 1 and x.is_floating_point():
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
     rows, cols = (fm.fold(torch.arange(-1, n + 1, device=x.device), n, "reflect101") for n in x.shape[-2:])
     return x.index_select(-2, rows).index_select(-1, cols)
 

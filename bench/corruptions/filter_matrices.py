@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -93,6 +94,32 @@ class SeparableSum:
         return out
 
 
+def fft_length(n: int) -> int:
+    """The smallest 2**a * 3**b * 5**c >= n: a length the FFT takes quickly."""
+    best = 1 << max(n - 1, 0).bit_length()
+    five = 1
+    while five < best:
+        three = five
+        while three < best:
+            two = three
+            while two < n:
+                two *= 2
+            best, three = min(best, two), three * 3
+        five *= 5
+    return best
+
+
+def fft_correlation(padded: Tensor, kernel: Tensor, h: int, w: int) -> Tensor:
+    """out[..., y, x] = sum_{a, b} kernel[..., a, b] * padded[..., y + a, x + b] for y < h, x < w:
+    the correlation of (..., h + kh - 1, w + kw - 1) planes with (..., kh, kw) kernels (a shared
+    kernel or one per plane, broadcast), by real FFTs of lengths past the padded sides (no wrap
+    reaches the kept outputs), in the precision of `padded` (float32: within ~1e-4 of the sum)."""
+    size = (fft_length(padded.shape[-2]), fft_length(padded.shape[-1]))
+    spectrum = torch.fft.rfft2(padded, s=size)
+    spectrum *= torch.fft.rfft2(kernel.to(padded), s=size).conj()
+    return torch.fft.irfft2(spectrum, s=size)[..., :h, :w]
+
+
 @functools.cache
 def kernel_filter(kernel: tuple[tuple[float, ...], ...], h: int, w: int, border: str) -> SeparableSum:
     """Correlation of (H, W) planes with a 2-D `kernel` (odd sides) as separable terms: its singular
@@ -138,6 +165,51 @@ def clipped_zoom(n: int, factor: float) -> Tensor:
 
 
 @functools.cache
+def clipped_zoom_taps(n: int, factor: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """`clipped_zoom(n, factor)` as two taps per output: (index, weight), (2, n) each (an output
+    reads pixels low and low + 1; at the last pixel both weights fall on one)."""
+    matrix = clipped_zoom(n, factor)
+    low = (matrix != 0).int().argmax(1)
+    high = (low + 1).clamp(max=n - 1)
+    weights = torch.stack([matrix.gather(1, low[:, None])[:, 0],
+                           torch.where(high > low, matrix.gather(1, high[:, None])[:, 0], 0.0)])
+    return torch.stack([low, high]).to(device), weights.to(device)
+
+
+@functools.cache
+def clipped_zoom_blocks(n: int, factor: float, device: torch.device, size: int = 32) -> list[tuple]:
+    """`clipped_zoom(n, factor)` cut into blocks of `size` outputs, each reading a short run of
+    inputs: (first output, last + 1, first input, last + 1, (inputs, outputs) block of M.T)."""
+    matrix = clipped_zoom(n, factor)
+    blocks = []
+    for start in range(0, n, size):
+        rows = matrix[start:start + size]
+        used = torch.nonzero(rows.any(0)).flatten()
+        first, last = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        blocks.append((start, start + len(rows), first, last,
+                       rows[:, first:last].T.contiguous().to(device)))
+    return blocks
+
+
+def clipped_zoom_sum(x: Tensor, factors: Sequence[float]) -> Tensor:
+    """x + sum over `factors` of `clipped_zoom` x `clipped_zoom`.T of every (H, W) plane of `x`
+    (uint8 or float), in float32, for large planes: the vertical zoom by two row selections (of
+    `x` as it is: bytes copy fastest), the horizontal one by products with the blocks of its
+    banded matrix, accumulated in place (float32 sums in another order than the dense products
+    of `SeparableSum`)."""
+    *lead, h, w = x.shape
+    planes = x.reshape(-1, h, w)
+    out = planes.float().view(-1, w)
+    for factor in factors:
+        (low, high), (w_low, w_high) = clipped_zoom_taps(h, factor, x.device)
+        zoomed = planes.index_select(1, low).float().mul_(w_low[:, None])
+        zoomed = zoomed.addcmul_(planes.index_select(1, high).float(), w_high[:, None]).view(-1, w)
+        for start, stop, first, last, block in clipped_zoom_blocks(w, factor, x.device):
+            out[:, start:stop].addmm_(zoomed[:, first:last], block)
+    return out.view(*lead, h, w)
+
+
+@functools.cache
 def opencv_linear_resize(n: int, scale: float) -> Tensor:
     """(round(n * scale), n) float64 matrix of OpenCV's `resize(fx=scale, interpolation=INTER_LINEAR)`
     of 8-bit images along one axis: output i samples input (i + 0.5) / scale - 0.5 (clamped to the
@@ -155,3 +227,33 @@ def opencv_linear_resize(n: int, scale: float) -> Tensor:
         matrix[i, low] += round((1 - frac) * 2048) / 2048
         matrix[i, min(low + 1, n - 1)] += round(frac * 2048) / 2048
     return torch.from_numpy(matrix)
+
+
+@functools.cache
+def _opencv_linear_rows(n: int, scale: float) -> tuple[Tensor, Tensor]:
+    """(index, weights), (round(n * scale), 2) each: the two input rows of each output row of
+    OpenCV's vertical linear pass and their 11-bit integer weights. Unlike along a row, the
+    fraction is kept at the borders, where both rows are clipped to the image."""
+    out = round(n * scale)
+    index, weights = np.zeros((out, 2), dtype=np.int64), np.zeros((out, 2))
+    for i in range(out):
+        position = np.float32((i + 0.5) * (1 / scale) - 0.5)
+        low = math.floor(position)
+        frac = float(position - low)
+        index[i] = (min(max(low, 0), n - 1), min(max(low + 1, 0), n - 1))
+        weights[i] = (round((1 - frac) * 2048), round(frac * 2048))
+    return torch.from_numpy(index), torch.from_numpy(weights)
+
+
+def opencv_linear_resize_8u(x: Tensor, scale: float) -> Tensor:
+    """OpenCV's `resize(fx=scale, fy=scale, interpolation=INTER_LINEAR)` of (C, H, W) float64 8-bit
+    pixel values, bit for bit (imgproc/src/resize.cpp; not scale 0.5, which OpenCV resizes by area):
+    the horizontal pass sums the 11-bit weights of `opencv_linear_resize` exactly; the vertical pass
+    does what its vector code (`VResizeLinearVec_32s8u`) does, ((s0 >> 4) * b0 >> 16) +
+    ((s1 >> 4) * b1 >> 16), rounded off by (+ 2) >> 2, where one product of the float weights
+    misses by a level on ~11 % of the pixels at scale 0.3."""
+    w = x.shape[-1]
+    sums = (x @ (opencv_linear_resize(w, scale) * 2048).T).mul_(1 / 16).floor_()  # integers
+    index, weights = _opencv_linear_rows(x.shape[-2], scale)
+    terms = (sums[..., index, :] * weights[:, :, None]).mul_(1 / 65536).floor_()
+    return terms.sum(-2).add_(2).mul_(1 / 4).floor_().clamp_(0, 255)

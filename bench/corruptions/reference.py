@@ -1,16 +1,17 @@
 """Per-image reference implementation of the 19 common corruptions (numpy, scipy, scikit-image, OpenCV).
 
 Follows the math of Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common
-Corruptions and Perturbations" (ICLR 2019), generators `make_cifar_c.py` / `make_imagenet_c.py` of
-hendrycks/robustness, driven by a parameter table (`corruptions.CIFAR`, `corruptions.IMAGENET`).
+Corruptions and Perturbations" (ICLR 2019), generators `make_cifar_c.py`, `make_tinyimagenet_c.py`
+and `make_imagenet_c.py` of hendrycks/robustness, driven by a parameter table (`corruptions.CIFAR`,
+`corruptions.TINYIMAGENET`, `corruptions.IMAGENET`).
 uint8 HWC in, uint8 HWC out (float results are clipped and truncated, as the generators'
 `np.uint8(...)` does). Every random draw comes from a `numpy.random.Generator` seeded per image.
 
 Deviations from the generators:
 - motion blur (and the snow streaks) re-implement ImageMagick's `MotionBlurImage` (a one-sided
   Gaussian line kernel of 2*radius+1 taps, edge pixels repeated) instead of calling ImageMagick;
-- image sizes are read from the image (the generators hard-code 32 or 224; the fog map is the next
-  power of two of the larger side; frost pictures too small for the image are enlarged to fit).
+- image sizes are read from the image (the generators hard-code 32, 64 or 224; the fog map is the
+  next power of two of the larger side; frost pictures too small for the image are enlarged to fit).
 
 Quirks of the generators kept on purpose: glass blur's tuple "swap" of numpy views copies the
 displaced pixel onto the current one and leaves the displaced pixel unchanged; spatter's uint8 cast

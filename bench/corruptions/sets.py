@@ -43,9 +43,10 @@ CANONICAL_FOLDERS = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C",
 Batch = tuple[Tensor, Tensor]
 _PARALLEL_FROM = 10_000  # corrupted images from which generation is spread over processes
 GENERATION_CHUNK = 256  # images corrupted at once while generating a set (bounds its memory)
-FINAL_JPEG_QUALITY = {"imagenet": 85}
+FINAL_JPEG_QUALITY = {"imagenet": 85, "tinyimagenet": 85}
 """Parameter table -> the JPEG quality its release was saved at after corrupting: hendrycks'
-make_imagenet_c.py saves every corrupted image with `quality=85` (make_cifar_c.py keeps arrays)."""
+make_imagenet_c.py and make_tinyimagenet_c.py save every corrupted image with `quality=85`
+(make_cifar_c.py keeps arrays)."""
 
 
 class CorruptionArrays:

@@ -4,15 +4,19 @@ The single source of truth for every corruption implementation (the per-image re
 `reference.py`, and any faster backend such as `engine.py`): the parameter tables are plain data, one tuple of
 five per-severity parameters per corruption, documented in `PARAMETERS`.
 
-Two tables exist, because the constants of Hendrycks & Dietterich (ICLR 2019) depend on the image size:
+Three tables exist, because the constants of Hendrycks & Dietterich (ICLR 2019) depend on the image
+size:
 
 - `CIFAR` (32x32): hendrycks/robustness `ImageNet-C/create_c/make_cifar_c.py`, the generator of
   CIFAR-10-C / CIFAR-100-C.
+- `TINYIMAGENET` (64x64): hendrycks/robustness `ImageNet-C/create_c/make_tinyimagenet_c.py`, the
+  generator of Tiny-ImageNet-C.
 - `IMAGENET` (224x224): hendrycks/robustness `ImageNet-C/create_c/make_imagenet_c.py` (the same values
   as `ImageNet-C/imagenet_c/imagenet_c/corruptions.py` and `imagecorruptions`).
 
-Other sizes use the nearest table in log scale (`table_for`): up to 84 px the CIFAR table, above it
-the ImageNet table. Pixel-valued parameters (elastic displacement, blur radii) are not rescaled.
+Other sizes use the nearest table in log scale (`table_for`): up to 45 px the CIFAR table, up to
+119 px the Tiny-ImageNet table, above it the ImageNet table. Pixel-valued parameters (elastic
+displacement, blur radii) are not rescaled.
 """
 
 from __future__ import annotations
@@ -132,6 +136,46 @@ CIFAR = CorruptionTable(
         "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
     })
 
+TINYIMAGENET = CorruptionTable(
+    name="tinyimagenet", image_size=64,
+    source="hendrycks/robustness ImageNet-C/create_c/make_tinyimagenet_c.py",
+    frost_scale=0.3,  # cv2.resize(frost, (0, 0), fx=0.3, fy=0.3), then a random 64x64 crop
+    # the rest of its structure is the image size's, as in the other generators: fog's
+    # plasma_fractal(mapsize=64)[:64, :64], glass blur's range(64 - delta, delta, -1), pixelate's
+    # int(64 * c), clipped_zoom and the elastic anchors of the 64-px image
+    severities={
+        "gaussian_noise": (0.04, 0.08, 0.12, 0.15, 0.18),
+        "shot_noise": (250, 100, 50, 30, 15),
+        "impulse_noise": (0.01, 0.02, 0.05, 0.08, 0.14),
+        "defocus_blur": ((0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)),
+        "glass_blur": ((0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)),
+        "motion_blur": ((10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)),
+        "zoom_blur": tuple(_zooms(stop, 0.01) for stop in (1.06, 1.11, 1.16, 1.21, 1.26)),
+        "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.8),
+                 (0.1, 0.2, 1, 0.5, 10, 4, 0.8),
+                 (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+                 (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+                 (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)),
+        "frost": ((1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)),
+        "fog": ((0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)),
+        "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
+        "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
+        # IMSIZE = 64: 64 * (0, 0, 0.08), 64 * (0.05, 0.3, 0.06), 64 * (0.1, 0.08, 0.06),
+        # 64 * (0.1, 0.03, 0.03), 64 * (0.16, 0.03, 0.02) (products by 64 are exact in float)
+        "elastic_transform": ((0.0, 0.0, 5.12), (3.2, 19.2, 3.84), (6.4, 5.12, 3.84),
+                              (6.4, 1.92, 1.92), (10.24, 1.92, 1.28)),
+        "pixelate": (0.9, 0.8, 0.7, 0.6, 0.5),  # int(64 * c): 57, 51, 44, 38, 32 pixels
+        "jpeg_compression": (65, 58, 50, 40, 25),
+        "speckle_noise": (0.15, 0.2, 0.25, 0.3, 0.35),
+        "gaussian_blur": (0.5, 0.75, 1, 1.25, 1.5),
+        "spatter": ((0.62, 0.1, 0.7, 0.7, 0.6, 0),
+                    (0.65, 0.1, 0.8, 0.7, 0.6, 0),
+                    (0.65, 0.3, 1, 0.69, 0.6, 0),
+                    (0.65, 0.1, 0.7, 0.68, 0.6, 1),
+                    (0.65, 0.1, 0.5, 0.67, 0.6, 1)),
+        "saturate": ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (30, 0.2)),
+    })
+
 IMAGENET = CorruptionTable(
     name="imagenet", image_size=224,
     source="hendrycks/robustness ImageNet-C/create_c/make_imagenet_c.py", frost_scale=1.0,
@@ -169,7 +213,7 @@ IMAGENET = CorruptionTable(
         "saturate": ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)),
     })
 
-TABLES = {table.name: table for table in (CIFAR, IMAGENET)}
+TABLES = {table.name: table for table in (CIFAR, TINYIMAGENET, IMAGENET)}
 
 
 def table_for(image_size: int) -> CorruptionTable:

@@ -10,7 +10,7 @@ import torch
 from robustbench_lite.bench.corruptions import engine
 from robustbench_lite.bench.corruptions import filter_matrices as fm
 from robustbench_lite.bench.corruptions import reference as ref
-from robustbench_lite.bench.corruptions.tables import ALL, CIFAR, IMAGENET, load_backend
+from robustbench_lite.bench.corruptions.tables import ALL, CIFAR, IMAGENET, load_backend, table_for
 from robustbench_lite.bench.corruptions.random_streams import Streams
 
 from corruption_helpers import colour_images, photographs
@@ -85,6 +85,47 @@ def test_backend_interface_matches_the_tensor_api(images, batch):
     assert np.array_equal(hwc, engine.corrupt(batch, "fog", 2, CIFAR, SEEDS).permute(0, 2, 3, 1).numpy())
     with pytest.raises(ValueError, match="seeds"):
         engine.corrupt(batch, "fog", 2, CIFAR, SEEDS[:2])
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "zoom_blur", "motion_blur", "snow",
+                                  "jpeg_compression", "pixelate"])
+def test_large_image_paths_agree_with_the_small_image_paths(name, monkeypatch):
+    """Above `_SMALL` pixels the engine filters by FFTs and banded products: float32 sums in
+    another order (within 1e-3 before truncation; the rounded blurs a level apart on a few
+    pixels), and on a CPU codes JPEG with Pillow's libjpeg (the same bytes); BOX resizing is exact
+    integer arithmetic on every path."""
+    x = torch.from_numpy(colour_images(4, 44, seed=9)[:, :, 3:]).permute(0, 3, 1, 2).contiguous()
+    table = table_for(44)
+    assert 40 * 44 <= engine._SMALL
+    for severity in (1, 3, 5):
+        params = table.params(name, severity)
+        small = engine.CORRUPTIONS[name](x, params, Streams(SEEDS[:4]), table)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "_SMALL", 0)
+            patch.setattr(engine, "_LIBJPEG_PIXELS", 0)
+            large = engine.CORRUPTIONS[name](x, params, Streams(SEEDS[:4]), table)
+        if name in ("jpeg_compression", "pixelate"):
+            assert large.dtype == torch.uint8 and torch.equal(large, small)
+        elif name in ("defocus_blur", "zoom_blur"):
+            assert (large - small).abs().max() < 1e-3, severity
+        else:
+            diff = (large - small).abs()
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, severity
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "zoom_blur", "motion_blur", "snow",
+                                  "jpeg_compression", "glass_blur", "pixelate"])
+def test_tinyimagenet_images_are_corrupted_alike_in_any_batch(name):
+    """At 64 px (the Tiny-ImageNet table, FFT and banded paths): an image's corruption does not
+    depend on the rest of its batch (within a level, float rounding)."""
+    x = torch.from_numpy(colour_images(5, 64, seed=4)).permute(0, 3, 1, 2).contiguous()
+    table = table_for(64)
+    assert table.name == "tinyimagenet"
+    seeds = SEEDS[:5]
+    whole = engine.corrupt(x, name, 4, table, seeds)
+    alone = engine.corrupt(x[3:4], name, 4, table, seeds[3:4])
+    assert (alone.int() - whole[3:4].int()).abs().max() <= 1
+    assert _change(whole, x) > 0.3
 
 
 def test_glass_blur_moves_match_the_sequential_generator():

@@ -50,6 +50,52 @@ def test_many_terms_run_as_one_dense_product():
     assert torch.allclose(dense(x), by_terms, atol=1e-5)
 
 
+def test_opencv_linear_resize_8u_equals_cv2_resize():
+    """Bit for bit, OpenCV's fixed point included: the tables' scales 0.2 and 0.3, and others that
+    shrink and grow (not 0.5, which OpenCV resizes by area)."""
+    from robustbench_lite.bench.corruptions.pictures import frost_pictures
+
+    for picture in frost_pictures():
+        x = torch.from_numpy(picture.astype(np.float64)).permute(2, 0, 1)
+        for scale in (0.2, 0.3, 0.37, 0.75, 1.3):
+            ours = fm.opencv_linear_resize_8u(x, scale).permute(1, 2, 0).numpy()
+            assert np.array_equal(ours, cv2.resize(picture, (0, 0), fx=scale, fy=scale)), scale
+
+
+def test_fft_lengths_are_the_next_5_smooth_numbers():
+    smooth = [n for n in range(1, 700) if _is_5_smooth(n)]
+    for n in range(1, 600):
+        assert fm.fft_length(n) == min(m for m in smooth if m >= n), n
+
+
+def _is_5_smooth(n: int) -> bool:
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def test_fft_correlation_equals_the_direct_sum():
+    rng = np.random.default_rng(3)
+    padded = torch.from_numpy(rng.random((2, 3, 27, 31)) * 255)
+    kernels = torch.from_numpy(rng.random((2, 1, 5, 9)))  # one per image, broadcast over channels
+    ours = fm.fft_correlation(padded.float(), kernels, 23, 23)
+    direct = torch.zeros(2, 3, 23, 23, dtype=torch.float64)
+    for a in range(5):
+        for b in range(9):
+            direct += kernels[:, :, a:a + 1, b:b + 1] * padded[:, :, a:a + 23, b:b + 23]
+    assert (ours.double() - direct).abs().max() < 2e-3
+
+
+def test_clipped_zoom_sum_equals_the_dense_products():
+    factors = [float(f) for f in np.arange(1, 1.31, 0.03)]
+    for h, w in ((70, 70), (64, 53)):
+        x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+        dense = x.double() + sum(fm.separable(x.double(), fm.clipped_zoom(h, f).double(),
+                                              fm.clipped_zoom(w, f).double()) for f in factors)
+        assert (fm.clipped_zoom_sum(x, factors).double() - dense).abs().max() < 1e-3
+
+
 def test_opencv_linear_resize_matrix_equals_cv2_resize():
     """Exact at the CIFAR frost scale 0.2 (whole-pixel samples), within a level at other scales
     (where OpenCV's 8-bit passes round in their own fixed point)."""

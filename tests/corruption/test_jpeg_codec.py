@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from robustbench_lite.bench.corruptions.jpeg_codec import round_trip
+from robustbench_lite.bench.corruptions.jpeg_codec import libjpeg_round_trip, round_trip
 
 from corruption_helpers import colour_images
 
@@ -28,3 +28,13 @@ def test_equals_libjpeg(quality):
 def test_partial_blocks_are_padded_as_libjpeg_pads_them(h, w):
     images = torch.from_numpy(colour_images(4, seed=h * w)).permute(0, 3, 1, 2)[..., :h, :w].contiguous()
     assert torch.equal(round_trip(images, 50), _libjpeg(images, 50))
+
+
+@pytest.mark.parametrize("h, w", [(224, 224), (64, 64), (30, 27)])
+def test_pillow_round_trip_equals_the_batched_codec(h, w):
+    """The engine's CPU path for large images (Pillow's libjpeg, in threads): the same bytes."""
+    images = torch.randint(0, 256, (3, 3, h, w), generator=torch.Generator().manual_seed(h),
+                           dtype=torch.uint8)
+    images[0] = torch.from_numpy(colour_images(1, max(h, w), seed=w)[0][:h, :w]).permute(2, 0, 1)
+    for quality in (85, 25, 7):
+        assert torch.equal(libjpeg_round_trip(images, quality), round_trip(images, quality))

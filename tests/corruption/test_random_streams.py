@@ -52,3 +52,13 @@ def test_distributions():
     assert torch.corrcoef(torch.stack([u[0], u[1]]))[0, 1].abs() < 0.02
     halves = z[0, :25_000], z[0, 25_000:50_000]  # the cosine and sine values of the same hashes
     assert torch.corrcoef(torch.stack(halves))[0, 1].abs() < 0.02
+
+
+def test_integers_are_the_floor_of_the_uniform_values():
+    """Ranges of 2**k values take the top k bits of each hash: the integers of floor(uniform)."""
+    streams = Streams(SEEDS)
+    for low, high in ((-1, 1), (-2, 2), (-4, 4), (0, 1), (3, 4), (0, 2**20), (-3, 3), (0, 5)):
+        got = streams.integers(4, (3, 1001), low, high)
+        expected = streams.uniform(4, (3, 1001), 0, high - low).floor_().long().add_(low)
+        assert got.dtype == torch.int64 and torch.equal(got, expected), (low, high)
+        assert torch.equal(streams.integers(4, (3, 1001), low, high, torch.int32), expected.int())

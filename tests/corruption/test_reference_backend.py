@@ -12,8 +12,8 @@ from PIL import Image
 
 from robustbench_lite.bench.corruptions import reference as ref
 from robustbench_lite.bench.corruptions.tables import (
-    ALL, BENCHMARK, CIFAR, EXTRA, IMAGENET, PARAMETERS, CorruptionTable, image_seed,
-    parse_corruptions, table_for)
+    ALL, BENCHMARK, CIFAR, EXTRA, IMAGENET, PARAMETERS, TABLES, TINYIMAGENET, CorruptionTable,
+    image_seed, parse_corruptions, table_for)
 from robustbench_lite.bench.errors import UserError
 
 from corruption_helpers import colour_images, photographs
@@ -28,7 +28,8 @@ NOT_MONOTONE = {"glass_blur", "frost", "elastic_transform", "spatter", "saturate
 def test_names_families_and_tables_cover_the_19_corruptions():
     assert len(BENCHMARK) == 15 and len(EXTRA) == 4 and len(set(ALL)) == 19
     assert BENCHMARK[0] == "gaussian_noise" and BENCHMARK[-1] == "jpeg_compression"
-    for table in (CIFAR, IMAGENET):
+    assert set(TABLES.values()) == {CIFAR, TINYIMAGENET, IMAGENET}
+    for table in (CIFAR, TINYIMAGENET, IMAGENET):
         assert set(table.severities) == set(ALL) == set(PARAMETERS) == set(ref.CORRUPTIONS)
         for name, values in table.severities.items():
             assert len(values) == 5, name
@@ -37,8 +38,69 @@ def test_names_families_and_tables_cover_the_19_corruptions():
                 assert all(len(v) == width for v in values), name
     # float np.arange quirk of the generator: arange(1, 1.06, 0.01) has 7 factors
     assert len(CIFAR.params("zoom_blur", 1)) == 7 and CIFAR.params("zoom_blur", 1)[-1] == 1.06
-    assert table_for(32) is CIFAR and table_for(64) is CIFAR and table_for(224) is IMAGENET
-    assert table_for(128) is IMAGENET and table_for(16) is CIFAR
+    assert table_for(32) is CIFAR and table_for(64) is TINYIMAGENET and table_for(224) is IMAGENET
+    assert table_for(16) is CIFAR and table_for(45) is CIFAR and table_for(46) is TINYIMAGENET
+    assert table_for(119) is TINYIMAGENET and table_for(120) is IMAGENET
+
+
+MAKE_TINYIMAGENET_C = {
+    # hendrycks/robustness ImageNet-C/create_c/make_tinyimagenet_c.py, function by function: its
+    # list c (severity 1..5), or what the function does with the image size (IMSIZE = 64)
+    "gaussian_noise": [0.04, 0.08, .12, .15, .18],
+    "shot_noise": [250, 100, 50, 30, 15],
+    "impulse_noise": [.01, .02, .05, .08, .14],
+    "speckle_noise": [.15, .2, 0.25, 0.3, 0.35],
+    "gaussian_blur": [.5, .75, 1, 1.25, 1.5],
+    "glass_blur": [(0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)],
+    "defocus_blur": [(0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)],
+    "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],
+    "zoom_blur": [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
+                  np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)],
+    "fog": [(.4, 3), (.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)],
+    "frost": [(1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)],
+    "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.8),
+             (0.1, 0.2, 1, 0.5, 10, 4, 0.8),
+             (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)],
+    "spatter": [(0.62, 0.1, 0.7, 0.7, 0.6, 0),
+                (0.65, 0.1, 0.8, 0.7, 0.6, 0),
+                (0.65, 0.3, 1, 0.69, 0.6, 0),
+                (0.65, 0.1, 0.7, 0.68, 0.6, 1),
+                (0.65, 0.1, 0.5, 0.67, 0.6, 1)],
+    "contrast": [.4, .3, .2, .1, 0.05],
+    "brightness": [.1, .2, .3, .4, .5],
+    "saturate": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (30, 0.2)],
+    "jpeg_compression": [65, 58, 50, 40, 25],
+    "pixelate": [0.9, 0.8, 0.7, 0.6, 0.5],
+    "elastic_transform": [(64 * 0, 64 * 0, 64 * 0.08),
+                          (64 * 0.05, 64 * 0.3, 64 * 0.06),
+                          (64 * 0.1, 64 * 0.08, 64 * 0.06),
+                          (64 * 0.1, 64 * 0.03, 64 * 0.03),
+                          (64 * 0.16, 64 * 0.03, 64 * 0.02)],
+}
+
+
+def test_tinyimagenet_table_holds_the_constants_of_make_tinyimagenet_c():
+    """Every field of TINYIMAGENET against the generator of Tiny-ImageNet-C, written out above."""
+    table = TINYIMAGENET
+    assert (table.name, table.image_size) == ("tinyimagenet", 64)
+    assert table.source == "hendrycks/robustness ImageNet-C/create_c/make_tinyimagenet_c.py"
+    assert table.frost_scale == 0.3  # cv2.resize(frost, (0, 0), fx=0.3, fy=0.3)
+    assert table.frost_pictures == 5  # np.random.randint(5)
+    assert set(MAKE_TINYIMAGENET_C) == set(table.severities) == set(ALL)
+    for name, values in MAKE_TINYIMAGENET_C.items():
+        expected = [tuple(v.tolist()) if isinstance(v, np.ndarray) else v for v in values]
+        assert list(table.severities[name]) == expected, name
+    # the rest follows the image size, as in the generator: the fog map of plasma_fractal's
+    # default mapsize 64, cropped [:64, :64]; glass blur's range(64 - c[1], c[1], -1); pixelate's
+    # int(64 * c); a 64x64 frost crop
+    assert 1 << (64 - 1).bit_length() == 64
+    assert [int(64 * c) for c in table.severities["pixelate"]] == [57, 51, 44, 38, 32]
+    pictures = ref._frost_pictures(table.frost_scale)[:table.frost_pictures]
+    assert min(min(p.shape[:2]) for p in pictures) == 94  # every crop of 64 fits, none enlarged
+    image = colour_images(1, 64)[0]
+    assert ref.corrupt(image, "frost", 3, table, seed=0).shape == (64, 64, 3)
 
 
 def test_corruption_lists_parse_and_unknown_names_are_user_errors():
@@ -125,6 +187,23 @@ def test_cifar_constants_match_imagecorruptions_with_cifar_constants(name, image
             expected = np.uint8(theirs(Image.fromarray(image), severity))
             np.random.seed(i)
             got = _ours(image, name, severity, CIFAR, _LegacyRng)
+            diff = np.abs(expected.astype(int) - got)
+            assert diff.max() <= 1, (name, severity, i, diff.max())
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC + ["gaussian_noise", "shot_noise", "speckle_noise",
+                                                  "motion_blur", "fog", "spatter"])
+def test_tinyimagenet_constants_match_imagecorruptions_at_64(name):
+    """As for CIFAR: `imagecorruptions`' function with the Tiny-ImageNet constants substituted,
+    on 64-px images, the same draws from NumPy's global generator."""
+    original = getattr(ic, name)
+    theirs = _with_constants(original, TINYIMAGENET.severities[name])
+    for severity in range(1, 6):
+        for i, image in enumerate(photographs(64)[:3]):
+            np.random.seed(i)
+            expected = np.uint8(theirs(Image.fromarray(image), severity))
+            np.random.seed(i)
+            got = _ours(image, name, severity, TINYIMAGENET, _LegacyRng)
             diff = np.abs(expected.astype(int) - got)
             assert diff.max() <= 1, (name, severity, i, diff.max())
 
