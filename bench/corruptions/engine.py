@@ -7,8 +7,9 @@ on small images (up to `_SMALL` pixels, the CIFAR sizes) as small matrix product
 (`filter_matrices`), on larger ones the disk and motion kernels by FFTs and the zooms by row
 selections and banded products; glass blur by gathers, elastic warps by `grid_sample` and
 gathers, fog by a batched plasma fractal, pixelate by integer box sums, JPEG by a batched libjpeg
-(`jpeg_codec`; on a CPU, large images go through Pillow's libjpeg itself, in threads), spatter's
-edge and distance maps by OpenCV's algorithms run on the whole batch.
+(`jpeg_codec`; on a CPU, large images go through Pillow's libjpeg itself), spatter's edge and
+distance maps by OpenCV's algorithms run on the whole batch (on a CPU with OpenCV installed, by
+OpenCV itself).
 
 Seeding rule. Random numbers come from counter-based per-image streams (`random_streams`): an
 image's corruption depends only on (image, corruption, severity, table, its seed), never on the
@@ -569,8 +570,8 @@ def _equalize(x: Tensor) -> Tensor:
     """OpenCV `equalizeHist` of (N, 1, H, W) integer-valued pixels, per image."""
     n = x.shape[0]
     flat = x.flatten(1).long()
-    ones = torch.ones_like(flat, dtype=torch.float)
-    hist = torch.zeros(n, 256, device=x.device).scatter_add_(1, flat, ones)
+    offsets = torch.arange(n, device=x.device)[:, None] * 256
+    hist = torch.bincount((flat + offsets).flatten(), minlength=n * 256).view(n, 256).float()
     cdf = hist.cumsum(1)
     first = torch.gather(cdf, 1, (hist > 0).float().argmax(1, keepdim=True))
     total = cdf[:, -1:]
@@ -715,11 +716,33 @@ def _chamfer_distance(edges: Tensor, limit: int = 20) -> Tensor:
     return p[:, None, 2:h + 2, 2:w + 2].clamp(max=limit)
 
 
+@functools.cache
+def _opencv():
+    """The cv2 module, or None where OpenCV is not installed (the `corruptions` extra)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _edge_distance(liquid8: Tensor) -> Tensor:
+    """The distance of every pixel of (N, 1, H, W) 8-bit liquid layers to their Canny edges,
+    truncated at 20. On a CPU with OpenCV installed, OpenCV's own Canny and distance transform,
+    image by image (their sequential passes are many small steps for torch); elsewhere the batched
+    `_canny` and `_chamfer_distance`, which equal them."""
+    cv2 = _opencv() if liquid8.device.type == "cpu" else None
+    if cv2 is None:
+        return _chamfer_distance(_canny(liquid8, 50, 150))
+    layers = liquid8[:, 0].to(torch.uint8).numpy()
+    dist = [cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5) for layer in layers]
+    return torch.from_numpy(np.minimum(np.stack(dist), 20))[:, None]
+
+
 def _water_mask(liquid8: Tensor) -> Tensor:
     """The generator's water mask of (N, 1, H, W) 8-bit liquid layers: Canny edges, their distance
     (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer."""
-    dist = _chamfer_distance(_canny(liquid8, 50, 150))
-    dist = _equalize(torch.floor(_box3(dist)))
+    dist = _equalize(torch.floor(_box3(_edge_distance(liquid8))))
     embossed = _correlate3(dist, _EMBOSS).round_().clamp_(0, 255)
     dist = _box_sum3(embossed).div_(9).round_()  # cv2.blur of 8-bit pixels: a sum / 9 is never halfway
     return liquid8 * dist

@@ -8,15 +8,14 @@ Decoder: dequantisation and the islow inverse DCT (jidctint.c); "fancy" triangle
 upsampling (jdsample.c); YCbCr to RGB with its fixed-point tables (jdcolor.c). Entropy coding is
 lossless and skipped. The output equals libjpeg's, bit for bit (tested against torchvision's).
 
-`libjpeg_round_trip` is the same round trip through Pillow's libjpeg itself, image by image in a
-pool of threads (Pillow releases the GIL while it codes): the faster one for large images on a CPU.
+`libjpeg_round_trip` is the same round trip through Pillow's libjpeg itself, image by image: the
+faster one for large images on a CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -237,26 +236,21 @@ def round_trip(images: Tensor, quality: int) -> Tensor:
     return _ycc_to_rgb(ycc).to(torch.uint8)
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="jpeg")
-
-
 def libjpeg_round_trip(images: Tensor, quality: int) -> Tensor:
     """`round_trip` of (N, 3, H, W) uint8 CPU images by Pillow (`Image.save(..., "JPEG",
-    quality=quality)` and decoding, as the generators do), one image per task on as many threads as
-    torch uses; returned in channels-last memory (the layout Pillow decodes to)."""
+    quality=quality)` and decoding, as the generators do), image by image. The channel planes go
+    in and come out through `Image.merge` and `split`, never transposed to pixel order; one
+    thread, since Pillow holds the GIL while it encodes (threads ran slower on two cores)."""
     from PIL import Image
 
-    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
-    out = np.empty_like(hwc)
-
-    def one(i: int) -> None:
+    planes = images.contiguous().numpy()
+    out = np.empty_like(planes)
+    for image, target in zip(planes, out):
         buffer = io.BytesIO()
-        Image.fromarray(hwc[i]).save(buffer, "JPEG", quality=quality)
+        Image.merge("RGB", [Image.fromarray(plane) for plane in image]).save(buffer, "JPEG",
+                                                                               quality=quality)
         with Image.open(buffer) as decoded:
-            out[i] = np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
-
-    for _ in _pool(max(torch.get_num_threads(), 1)).map(one, range(len(hwc))):
-        pass
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+            rgb = decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+            for channel, band in enumerate(rgb.split()):
+                target[channel] = np.asarray(band)
+    return torch.from_numpy(out)

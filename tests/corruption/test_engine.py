@@ -220,6 +220,21 @@ def test_chamfer_distance_equals_opencv(h, w):
         assert np.array_equal(got, cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)[1])
 
 
+@pytest.mark.parametrize("size", [32, 224])
+def test_spatter_is_the_same_through_opencv_and_the_batched_maps(size, monkeypatch):
+    """On a CPU with OpenCV, spatter's edge distances are OpenCV's own; the batched Canny and
+    chamfer distance (every other device) give the same water spatter, bit for bit."""
+    pytest.importorskip("cv2")
+    images = torch.from_numpy(photographs(size)).permute(0, 3, 1, 2).contiguous()
+    table, seeds = (CIFAR if size == 32 else IMAGENET), list(range(len(images)))
+    for severity in (1, 2, 3):
+        through_opencv = engine.corrupt(images, "spatter", severity, table, seeds)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "_opencv", lambda: None)
+            batched = engine.corrupt(images, "spatter", severity, table, seeds)
+        assert torch.equal(through_opencv, batched), severity
+
+
 def test_box_blur_equals_opencv_blur_before_truncation():
     """cv2.blur of float32 maps (float64 sums times 1/9): the same float32, so truncation to 8 bits
     agrees even where the mean is an integer (a chamfer map averages to 20 far from edges)."""
