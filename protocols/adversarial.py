@@ -53,7 +53,7 @@ from robustbench_lite.bench.attacks.pgd import ce_loss, fgsm, input_gradient, pg
 from robustbench_lite.bench.attacks.autoattack_adapter import autoattack
 from robustbench_lite.bench.attacks.torchattacks_adapter import TorchattacksAttack, project_linf
 from robustbench_lite.bench.errors import UserError
-from robustbench_lite.bench.evaluate import eval_mode, inference_mode, to_input
+from robustbench_lite.bench.evaluate import bounded_batch, eval_mode, inference_mode, to_input
 from robustbench_lite.bench.leaderboard import format_epsilon
 from robustbench_lite.bench.protocol import PROTOCOLS, Column, Measurement, Protocol, RunContext
 from robustbench_lite.bench.seeding import derive_seed, generator
@@ -125,7 +125,8 @@ class Adversarial(Protocol):
         n = min(self.config.n_examples, len(test))
         attacks = self.attacks(ctx, model)
         clean, zero_grad, correct = [], [], defaultdict(list)
-        batch_size = ctx.recipe.eval_batch_size
+        # an attack keeps the activations for its backward pass and their gradients
+        batch_size = bounded_batch(model, test.x, ctx.recipe.eval_batch_size, ctx.device, factor=2)
         bar = tqdm(total=-(-n // batch_size) * len(attacks), desc="adversarial",
                    disable=not ctx.progress, leave=False)
         for start in range(0, n, batch_size):
