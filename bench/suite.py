@@ -72,7 +72,7 @@ CI = Suite(
     # from that, not from the full split, so k-shot cells cost about as much as the smoke training.
     # CIFS declares a gradient-masking risk, so AutoAttack runs on it; the suite keeps its first
     # attack, APGD-CE (a full AutoAttack would take most of the suite's time on two cores).
-    protocol_settings={"adversarial": {"n_examples": "100", "autoattack_version": "custom",
+    protocol_settings={"adversarial": {"n_examples": "50", "autoattack_version": "custom",
                                        "autoattack_attacks": "apgd-ce"},
                        "corruption": {"n_examples": "100"},
                        "lowdata": {"shots": "5,20", "subset_seeds": "0", "full_shots": "51"}},

@@ -108,10 +108,10 @@ def _fixed_photograph_model(images: np.ndarray, labels: torch.Tensor) -> torch.n
 @pytest.mark.slow
 def test_engine_errors_match_the_reference_at_224_px():
     """The same comparison at ImageNet size: a fixed classifier of 224-px crops of the six
-    photographs (clean accuracy 100 %), 24 held-out crops at severities 1, 3, 5, the ImageNet
+    photographs (clean accuracy 100 %), 18 held-out crops at severities 1, 3, 5, the ImageNet
     table; at most two points per corruption (shot and impulse noise: three standard deviations)."""
     model = _fixed_photograph_model(*_photograph_crops(40, seed=0))
-    images, labels = _photograph_crops(4, seed=1)
+    images, labels = _photograph_crops(3, seed=1)
     assert _error(model, images, labels) == 0
     table, engine, reference = table_for(224), {}, {}
     for name in ALL:
