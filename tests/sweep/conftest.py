@@ -10,9 +10,9 @@ import pytest
 from robustbench_lite.bench.sweep import Grid, Options, Summary, run_sweep
 
 # erm and mixup x clean and adversarial on the embedded digits, smoke preset; the adversarial
-# protocol measures 100 test images (clean has no such setting, so it is left as is).
+# protocol measures 50 test images (clean has no such setting, so it is left as is).
 GRID = Grid(methods=("erm", "mixup"), protocols=("clean", "adversarial"), seeds=(0,),
-            dataset="digits", preset="smoke", overrides={"protocol": {"n_examples": "100"}})
+            dataset="digits", preset="smoke", overrides={"protocol": {"n_examples": "50"}})
 
 
 @dataclass
