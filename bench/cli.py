@@ -322,9 +322,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> None:
-    # before torch loads OpenMP: threads spinning while they wait (its default) run two threads
-    # 4-10x slower on a busy two-core machine, which would make the figures noise
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from . import perf
 
     names = [n for n in args.sections.split(",") if n]

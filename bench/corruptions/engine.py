@@ -41,6 +41,7 @@ Deviations from the reference backend (random streams differ, so only the distri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -50,12 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_kernels
 from . import filter_matrices as fm
 from .tables import CorruptionTable
 from ..errors import UserError
-from .jpeg_codec import libjpeg_round_trip, round_trip
+from .jpeg_codec import fastest_round_trip
 from .pictures import frost_pictures
-from .random_streams import Streams
+from .random_streams import Streams, box_muller_tables
 
 VERSION = 4  # bump when an output changes: it is part of the fingerprint of cached generated sets
 PARALLEL = False  # batched already: one process beats a pool of processes
@@ -252,6 +254,15 @@ def _box_taps(size_in: int, size_out: int, device: torch.device) -> list[tuple[T
     return taps
 
 
+@functools.cache
+def _box_windows(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_box_matrix` as windows: int32 (first input, input count, weight) per output position."""
+    matrix = _box_matrix(size_in, size_out)
+    inside = matrix > 0
+    return (inside.int().argmax(1).int().numpy(), inside.sum(1).int().numpy(),
+            matrix.amax(1).int().numpy())
+
+
 def _box_pass(x: Tensor, size_out: int, dim: int) -> Tensor:
     """One Pillow BOX pass of (N, C, H, W) uint8 pixels along `dim` (-1 or -2), as uint8. A box
     weighs the inputs of a window alike (22-bit weight w, Resample.c `normalize_coeffs_8bpc`), so
@@ -310,15 +321,35 @@ def _frost_pictures(scale: float) -> tuple[Tensor, ...]:
 # finished uint8 images.
 
 
+def _flat(images: Tensor) -> np.ndarray:
+    """(N, 3, H, W) CPU `images` as a contiguous (N, 3 * H * W) array (for `cpu_kernels`)."""
+    return images.reshape(len(images), -1).contiguous().numpy()
+
+
+def _fused_normal_noise(images: Tensor, noise: Streams, gain: float, multiply: bool) -> Tensor:
+    flat = _flat(images)
+    out = cpu_kernels.normal_noise(flat, *noise.fused_args(0, normal=True), box_muller_tables(),
+                                   gain, multiply)
+    return torch.from_numpy(out).view(images.shape)
+
+
 def gaussian_noise(images, sigma, noise, table):
+    if noise.fused:
+        return _fused_normal_noise(images, noise, sigma * 255, multiply=False)
     return noise.normal(0, images.shape[1:]).mul_(sigma * 255).add_(images)
 
 
 def speckle_noise(images, sigma, noise, table):
+    if noise.fused:
+        return _fused_normal_noise(images, noise, sigma, multiply=True)
     return noise.normal(0, images.shape[1:]).mul_(sigma).add_(1).mul_(images)
 
 
 def shot_noise(images, photons, noise, table):
+    if noise.fused:
+        out = cpu_kernels.shot_noise(_flat(images), *noise.fused_args(0),
+                                     _poisson_levels(float(photons)).numpy())
+        return torch.from_numpy(out).view(images.shape)
     levels = noise.fields(0, images[0].numel(), 12)
     index = images.view(len(images), -1).long().mul_(4096).add_(levels)
     return _poisson_levels(float(photons)).to(images.device).take(index).view(images.shape)
@@ -327,8 +358,11 @@ def shot_noise(images, photons, noise, table):
 def impulse_noise(images, amount, noise, table):
     """A value flips when the top 24 bits of its hash, a uniform, are below `amount` (compared as
     unsigned 32-bit numbers: sign bit flipped, signed compare), to salt or pepper by its low bit."""
-    bits = noise.bits(0, images[0].numel()).view(images.shape)
     bound = (int(amount * 2**24) + 1) << 8  # top 24 bits <= amount * 2**24
+    if noise.fused and bound < 2**32:
+        out = cpu_kernels.impulse_noise(_flat(images), *noise.fused_args(0), bound)
+        return torch.from_numpy(out).view(images.shape)
+    bits = noise.bits(0, images[0].numel()).view(images.shape)
     if bound >= 2**32:
         flipped = torch.ones_like(bits, dtype=torch.bool)
     else:
@@ -553,17 +587,18 @@ def elastic_transform(images, params, noise, table):
 
 def pixelate(images, factor, noise, table):
     h, w = images.shape[-2:]
-    return _box_resize(_box_resize(images, int(h * factor), int(w * factor)), h, w)
-
-
-_LIBJPEG_PIXELS = 96 * 96  # from this area up, Pillow's libjpeg beats the batched codec on a CPU
+    small = int(h * factor), int(w * factor)
+    if not cpu_kernels.enabled(images.device):
+        return _box_resize(_box_resize(images, *small), h, w)
+    planes = images.reshape(-1, h, w).contiguous().numpy()
+    down = cpu_kernels.box_resize(planes, _box_windows(h, small[0]), _box_windows(w, small[1]), small)
+    up = cpu_kernels.box_resize(down, _box_windows(small[0], h), _box_windows(small[1], w), (h, w))
+    return torch.from_numpy(up).view(images.shape)
 
 
 def jpeg_compression(images, quality, noise, table):
-    """The batched libjpeg round trip; on a CPU, for large images, libjpeg itself (same bytes)."""
-    if images.device.type == "cpu" and images.shape[-2] * images.shape[-1] >= _LIBJPEG_PIXELS:
-        return libjpeg_round_trip(images, quality)
-    return round_trip(images, quality)
+    """libjpeg's round trip, by the fastest of its equal implementations (`jpeg_codec`)."""
+    return fastest_round_trip(images, quality)
 
 
 def _equalize(x: Tensor) -> Tensor:
@@ -726,26 +761,41 @@ def _opencv():
     return cv2
 
 
-def _edge_distance(liquid8: Tensor) -> Tensor:
-    """The distance of every pixel of (N, 1, H, W) 8-bit liquid layers to their Canny edges,
-    truncated at 20. On a CPU with OpenCV installed, OpenCV's own Canny and distance transform,
-    image by image (their sequential passes are many small steps for torch); elsewhere the batched
-    `_canny` and `_chamfer_distance`, which equal them."""
-    cv2 = _opencv() if liquid8.device.type == "cpu" else None
-    if cv2 is None:
-        return _chamfer_distance(_canny(liquid8, 50, 150))
-    layers = liquid8[:, 0].to(torch.uint8).numpy()
-    dist = [cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5) for layer in layers]
-    return torch.from_numpy(np.minimum(np.stack(dist), 20))[:, None]
+@contextlib.contextmanager
+def _one_thread(cv2):
+    """OpenCV on one thread: on small images its thread pool costs more than it saves (Canny of a
+    32x32 layer: 44 us with the pool, 14 us without)."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _water_mask(liquid8: Tensor) -> Tensor:
     """The generator's water mask of (N, 1, H, W) 8-bit liquid layers: Canny edges, their distance
-    (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer."""
-    dist = _equalize(torch.floor(_box3(_edge_distance(liquid8))))
-    embossed = _correlate3(dist, _EMBOSS).round_().clamp_(0, 255)
-    dist = _box_sum3(embossed).div_(9).round_()  # cv2.blur of 8-bit pixels: a sum / 9 is never halfway
-    return liquid8 * dist
+    (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer. On a
+    CPU with OpenCV installed, the generator's own OpenCV calls, image by image (their sequential
+    passes are many small steps for torch); elsewhere the batched re-implementations, which equal
+    them."""
+    if cpu_kernels.enabled(liquid8.device):
+        layers = liquid8[:, 0].to(torch.uint8).numpy()
+        return liquid8 * torch.from_numpy(cpu_kernels.water_mask(layers))[:, None]
+    cv2 = _opencv() if liquid8.device.type == "cpu" else None
+    if cv2 is None:
+        dist = _equalize(torch.floor(_box3(_chamfer_distance(_canny(liquid8, 50, 150)))))
+        embossed = _correlate3(dist, _EMBOSS).round_().clamp_(0, 255)
+        dist = _box_sum3(embossed).div_(9).round_()  # cv2.blur of 8-bit pixels: never halfway
+        return liquid8 * dist
+    emboss = np.array(_EMBOSS, dtype=np.float32)
+    masks = []
+    with _one_thread(cv2):
+        for layer in liquid8[:, 0].to(torch.uint8).numpy():
+            dist = np.minimum(cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5), 20)
+            dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+            masks.append(cv2.blur(cv2.filter2D(dist, cv2.CV_8U, emboss), (3, 3)))
+    return liquid8 * torch.from_numpy(np.stack(masks))[:, None]
 
 
 def spatter(images, params, noise, table):

@@ -3,16 +3,21 @@
 
 The hash is lowbias32 (C. Wellons, "Prospecting for hash functions", 2018) computed on int32
 tensors, whose products wrap modulo 2**32 on CPU and CUDA alike: one hash costs about ten
-element-wise integer passes, and every pass is in place.
+element-wise integer passes, and every pass is in place. On a CPU with numba, `cpu_kernels` computes
+the same values in one fused pass.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from . import cpu_kernels
 
 _MASK = 0xFFFFFFFF
 
@@ -54,6 +59,20 @@ def _halves(bits: Tensor) -> tuple[Tensor, Tensor]:
     return shr(bits, 16).float(), (bits & 0xFFFF).float()
 
 
+@functools.cache
+def box_muller_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`Streams.normal`'s radius of each high half and cosine and sine of each low half, float32,
+    by the same torch operations (for the fused CPU loop)."""
+    levels = torch.arange(2**16, dtype=torch.float32)
+    radius = levels.add(0.5).mul_(1 / 2**16).log_().mul_(-2).sqrt_()
+    angle = levels.mul_(2 * math.pi / 2**16)
+    return radius.numpy(), angle.cos().numpy(), angle.sin_().numpy()
+
+
+def _stream_key(stream: int) -> int:
+    return stream * 0x9E3779B9 & _MASK
+
+
 class Streams:
     """Random values for a batch: `seeds[i]` keys image i; a stream number keys a use."""
 
@@ -63,18 +82,38 @@ class Streams:
         self.device = torch.device(device)
         self._low = torch.tensor([_signed(k) for k in keys], dtype=torch.int32, device=self.device)
         self._high = torch.tensor([k >> 32 for k in keys], dtype=torch.int32, device=self.device)
+        self._fused = cpu_kernels.enabled(self.device)
+        if self._fused:
+            self._keys = (self._low.numpy().view(np.uint32), self._high.numpy().view(np.uint32))
 
     def __len__(self) -> int:
         return len(self.seeds)
 
+    @property
+    def fused(self) -> bool:
+        """Whether `cpu_kernels` draws these streams (a CPU with numba)."""
+        return self._fused
+
+    def fused_args(self, stream: int, normal: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+        """(low, high, stream key): what a `cpu_kernels` loop needs to draw stream `stream` as
+        `bits` does (as `normal` does, with `normal`)."""
+        return (*self._keys, _stream_key(1000 + stream if normal else stream))
+
     def bits(self, stream: int, count: int) -> Tensor:
         """(N, count) int32 hashes, all 32 bits random."""
-        key = mix(mix(self._low ^ _signed(stream * 0x9E3779B9)) ^ self._high)[:, None]
+        if self._fused:
+            bits = cpu_kernels.hash_bits(*self.fused_args(stream), count)
+            return torch.from_numpy(bits.view(np.int32))
+        key = mix(mix(self._low ^ _signed(_stream_key(stream))) ^ self._high)[:, None]
         counter = torch.arange(count, device=self.device, dtype=torch.int32).mul_(_GOLDEN)
         return mix(counter + key)
 
     def uniform(self, stream: int, shape: tuple[int, ...], low: float = 0.0, high: float = 1.0) -> Tensor:
         """(N, *shape) float32 uniform in [low, high), 24 random bits each."""
+        if self._fused:
+            unit = cpu_kernels.uniforms(*self.fused_args(stream), math.prod(shape),
+                                        (high - low) / 2**24, low)
+            return torch.from_numpy(unit).view(-1, *shape)
         unit = shr(self.bits(stream, math.prod(shape)), 8).float().mul_((high - low) / 2**24)
         return (unit.add_(low) if low else unit).view(-1, *shape)
 
@@ -82,6 +121,10 @@ class Streams:
         """(N, *shape) float32 standard normal: Box-Muller on the two 16-bit halves of a hash gives
         two values (tails stop near 4.7 sigma)."""
         count = math.prod(shape)
+        if self._fused:
+            values = cpu_kernels.normals(*self.fused_args(stream, normal=True), (count + 1) // 2,
+                                         box_muller_tables())
+            return torch.from_numpy(values)[:, :count].reshape(-1, *shape)
         bits = self.bits(1000 + stream, (count + 1) // 2)
         high, low = _halves(bits)
         radius = high.add_(0.5).mul_(1 / 2**16).log_().mul_(-2).sqrt_()

@@ -263,15 +263,15 @@ def _pool(jobs: int):
 
 def saved_as_released(block: np.ndarray, table: CorruptionTable) -> np.ndarray:
     """Corrupted (N, H, W, 3) images as the release stores them: through its final JPEG round
-    trip where it has one (ImageNet-C: quality 85), by the libjpeg-exact batched codec, so a
-    generated set is the same on CPU and GPU and equals Pillow's round trip bit for bit."""
+    trip where it has one (ImageNet-C: quality 85), by the libjpeg-exact codecs, so a generated
+    set is the same on CPU and GPU and equals Pillow's round trip bit for bit."""
     quality = FINAL_JPEG_QUALITY.get(table.name)
     if quality is None:
         return block
-    from .jpeg_codec import round_trip
+    from .jpeg_codec import fastest_round_trip
 
     images = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2).contiguous()
-    return round_trip(images, quality).permute(0, 2, 3, 1).numpy()
+    return fastest_round_trip(images, quality).permute(0, 2, 3, 1).numpy()
 
 
 def _set_key(clean: Split, table: CorruptionTable, backend: str, version: int, seed: int) -> str:
