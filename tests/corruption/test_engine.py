@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_lite.bench.corruptions import engine
+from robustbench_lite.bench.corruptions import cpu_kernels, engine
 from robustbench_lite.bench.corruptions import filter_matrices as fm
 from robustbench_lite.bench.corruptions import reference as ref
 from robustbench_lite.bench.corruptions.tables import ALL, CIFAR, IMAGENET, load_backend, table_for
@@ -217,11 +217,31 @@ def test_chamfer_distance_equals_opencv(h, w):
         assert np.array_equal(got, cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)[1])
 
 
+@pytest.mark.parametrize("size, count", [(32, 6), (31, 4), (64, 3), (224, 2)])
+def test_the_fused_cpu_loops_give_the_torch_paths_images(size, count, monkeypatch):
+    """On a CPU with numba, the random streams, the noises, pixelate, spatter's water mask and JPEG
+    run as `cpu_kernels` loops: every corruption gives the same images as without them, bit for bit."""
+    pytest.importorskip("numba")
+    images = torch.from_numpy(photographs(max(size, 32))[:count, :size, :size]).permute(0, 3, 1, 2)
+    images = images.contiguous()
+    table, seeds = table_for(size), [7 * s + 1 for s in range(count)]
+    names = ALL if size == 32 else ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise",
+                                    "pixelate", "jpeg_compression", "spatter", "elastic_transform")
+    for name in names:
+        for severity in (1, 3, 5):
+            fused = engine.corrupt(images, name, severity, table, seeds)
+            with monkeypatch.context() as patch:
+                patch.setattr(cpu_kernels, "enabled", lambda device: False)
+                plain = engine.corrupt(images, name, severity, table, seeds)
+            assert torch.equal(fused, plain), (name, severity)
+
+
 @pytest.mark.parametrize("size", [32, 224])
 def test_spatter_is_the_same_through_opencv_and_the_batched_maps(size, monkeypatch):
-    """On a CPU with OpenCV, spatter's edge distances are OpenCV's own; the batched Canny and
-    chamfer distance (every other device) give the same water spatter, bit for bit."""
+    """On a CPU with OpenCV (and without numba), spatter's water mask is OpenCV's own calls; the
+    batched Canny and chamfer distance (every other device) give the same water spatter."""
     pytest.importorskip("cv2")
+    monkeypatch.setattr(cpu_kernels, "enabled", lambda device: False)
     images = torch.from_numpy(photographs(size)).permute(0, 3, 1, 2).contiguous()
     table, seeds = (CIFAR if size == 32 else IMAGENET), list(range(len(images)))
     for severity in (1, 2, 3):

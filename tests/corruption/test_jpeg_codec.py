@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from robustbench_lite.bench.corruptions.jpeg_codec import libjpeg_round_trip, round_trip
+from robustbench_lite.bench.corruptions.jpeg_codec import (fused_round_trip, libjpeg_round_trip,
+                                                           round_trip)
 
 from corruption_helpers import colour_images
 
@@ -38,3 +39,14 @@ def test_pillow_round_trip_equals_the_batched_codec(h, w):
     images[0] = torch.from_numpy(colour_images(1, max(h, w), seed=w)[0][:h, :w]).permute(2, 0, 1)
     for quality in (85, 25, 7):
         assert torch.equal(libjpeg_round_trip(images, quality), round_trip(images, quality))
+
+
+@pytest.mark.parametrize("h, w", [(224, 224), (32, 32), (31, 33), (17, 9), (2, 3), (1, 1)])
+def test_fused_round_trip_equals_the_batched_codec(h, w):
+    """The CPU path with numba (`cpu_kernels`): the same bytes, partial blocks included."""
+    pytest.importorskip("numba")
+    images = torch.randint(0, 256, (3, 3, h, w), generator=torch.Generator().manual_seed(h * w),
+                           dtype=torch.uint8)
+    images[0] = torch.from_numpy(colour_images(1, max(h, w), seed=h)[0][:h, :w]).permute(2, 0, 1)
+    for quality in (95, 85, 50, 25, 7, 1):
+        assert torch.equal(fused_round_trip(images, quality), round_trip(images, quality)), quality

@@ -3,8 +3,12 @@ unbounded integers, and the derived values have the stated distributions."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
+from robustbench_lite.bench.corruptions import cpu_kernels
 from robustbench_lite.bench.corruptions.random_streams import Streams, mix
 
 SEEDS = [0, 5, 2**31 - 1, 2**31, 2**32 + 5, 2**62 + 7, 2**63 - 1]
@@ -62,3 +66,23 @@ def test_integers_are_the_floor_of_the_uniform_values():
         expected = streams.uniform(4, (3, 1001), 0, high - low).floor_().long().add_(low)
         assert got.dtype == torch.int64 and torch.equal(got, expected), (low, high)
         assert torch.equal(streams.integers(4, (3, 1001), low, high, torch.int32), expected.int())
+
+
+def test_the_fused_cpu_loops_draw_the_same_values(monkeypatch):
+    """On a CPU with numba the streams come from `cpu_kernels`: the same bits, uniforms and
+    normals as the torch code, bit for bit, for odd and even lengths."""
+    pytest.importorskip("numba")
+    fused = Streams(SEEDS)
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_kernels, "enabled", lambda device: False)
+        plain = Streams(SEEDS)
+    assert fused.fused and not plain.fused
+    for stream in (0, 3, 1001):
+        for shape in ((1,), (13,), (3, 7, 5), (2, 32, 32)):
+            count = math.prod(shape)
+            assert torch.equal(fused.bits(stream, count), plain.bits(stream, count))
+            for low, high in ((0, 1), (-1, 1), (-135, -45), (0, 5)):
+                assert torch.equal(fused.uniform(stream, shape, low, high),
+                                   plain.uniform(stream, shape, low, high)), (shape, low)
+            assert torch.equal(fused.normal(stream, shape), plain.normal(stream, shape)), shape
+            assert torch.equal(fused.integers(stream, shape, -3, 4), plain.integers(stream, shape, -3, 4))
