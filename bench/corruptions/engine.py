@@ -7,9 +7,10 @@ on small images (up to `_SMALL` pixels, the CIFAR sizes) as small matrix product
 (`filter_matrices`), on larger ones the disk and motion kernels by FFTs and the zooms by row
 selections and banded products; glass blur by gathers, elastic warps by `grid_sample` and
 gathers, fog by a batched plasma fractal, pixelate by integer box sums, JPEG by a batched libjpeg
-(`jpeg_codec`; on a CPU, large images go through Pillow's libjpeg itself), spatter's edge and
-distance maps by OpenCV's algorithms run on the whole batch (on a CPU with OpenCV installed, by
-OpenCV itself).
+(`jpeg_codec`), spatter's edge and distance maps by OpenCV's algorithms run on the whole batch.
+On a CPU with numba, the random streams, the four noises, pixelate, spatter's water mask and JPEG
+run as fused loops instead (`cpu_kernels`: the same arithmetic in one pass, bit for bit); on a CPU
+without numba, large JPEG images go through Pillow's libjpeg and spatter's maps through OpenCV.
 
 Seeding rule. Random numbers come from counter-based per-image streams (`random_streams`): an
 image's corruption depends only on (image, corruption, severity, table, its seed), never on the
@@ -779,7 +780,7 @@ def _water_mask(liquid8: Tensor) -> Tensor:
     CPU with OpenCV installed, the generator's own OpenCV calls, image by image (their sequential
     passes are many small steps for torch); elsewhere the batched re-implementations, which equal
     them."""
-    if cpu_kernels.enabled(liquid8.device):
+    if cpu_kernels.enabled(liquid8.device) and min(liquid8.shape[-2:]) >= 2:
         layers = liquid8[:, 0].to(torch.uint8).numpy()
         return liquid8 * torch.from_numpy(cpu_kernels.water_mask(layers))[:, None]
     cv2 = _opencv() if liquid8.device.type == "cpu" else None
