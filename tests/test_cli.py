@@ -97,7 +97,7 @@ def test_damaged_cached_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_sigkilled_training_resumes_to_the_same_numbers(tmp_path):
-    args = ["run", "--method", "erm", "--protocol", "clean", *SMOKE, "--set", "recipe.epochs=6",
+    args = ["run", "--method", "erm", "--protocol", "clean", *SMOKE, "--set", "recipe.epochs=4",
             "--set", "recipe.train_limit=0"]
     cli(*args, *folders(tmp_path, "straight"))
     killed = folders(tmp_path, "killed")
