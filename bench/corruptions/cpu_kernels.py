@@ -102,9 +102,10 @@ def impulse_noise(images: np.ndarray, low: np.ndarray, high: np.ndarray, stream_
 
 def box_resize(planes: np.ndarray, row_taps: tuple, col_taps: tuple, shape: tuple[int, int]
                ) -> np.ndarray:
-    """(M, H, W) uint8 `planes` resized to `shape` by two box passes, columns then rows: an output
-    is min(255, (window sum * weight + 2**21) >> 22) over its window `first[o]` to `first[o] +
-    count[o]`; taps are the (first, count, weight) int32 arrays of `engine._box_windows`."""
+    """(M, H, W) uint8 `planes` resized to `shape` by two box passes, along the rows, then the
+    columns: an output is min(255, (window sum * weight + 2**21) >> 22)
+    over its window `first[o]` to `first[o] + count[o]`; taps are the (first, count, weight)
+    int32 arrays of `engine._box_windows`."""
     out = np.empty((len(planes), *shape), np.uint8)
     _kernels().box_resize(planes, row_taps, col_taps, out)
     return out

@@ -102,31 +102,33 @@ def impulse_noise(images, low, high, stream_key, bound, out):
             salt = np.uint8((bits & u32(1)) * u32(255))
             row[k] = salt if bits < bound else x[k]
 
+@njit(inline="always")
+def box_rows(x, first, count, weight, out, total):
+    """Pillow's BOX pass along the first axis of (L, K) uint8 `x` into (L', K) `out`: output o is
+    the sum of rows first[o] to first[o] + count[o], times the 22-bit `weight[o]`, rounded half up
+    (engine._box_pass); `total` is (>= K,) int32 scratch."""
+    for o in range(out.shape[0]):
+        for k in range(x.shape[1]):
+            total[k] = 0
+        for j in range(first[o], first[o] + count[o]):
+            for k in range(x.shape[1]):
+                total[k] += np.int32(x[j, k])
+        for k in range(x.shape[1]):
+            out[o, k] = np.uint8(min((total[k] * weight[o] + np.int32(1 << 21)) >> 22, 255))
+
+
 @njit(parallel=True, cache=True)
 def box_resize(planes, row_taps, col_taps, out):
-    rows_first, rows_count, rows_weight = row_taps
-    cols_first, cols_count, cols_weight = col_taps
-    h, (h_out, w_out) = planes.shape[1], out.shape[1:]
-    half = np.int32(1 << 21)
+    """(M, H, W) uint8 planes resized into (M, H', W') `out`: Pillow's pass along the rows, then
+    along the columns, each as sums of whole (transposed) rows."""
+    (rows_first, rows_count, rows_weight), (cols_first, cols_count, cols_weight) = row_taps, col_taps
+    h, w_out = planes.shape[1], out.shape[2]
     for p in prange(planes.shape[0]):
-        x = planes[p]
-        wide = np.empty((h, w_out), np.uint8)
-        running = np.empty(planes.shape[2] + 1, np.int32)  # running sums of a row
-        running[0] = 0
-        for r in range(h):
-            for j in range(planes.shape[2]):
-                running[j + 1] = running[j] + np.int32(x[r, j])
-            for c in range(w_out):
-                total = running[cols_first[c] + cols_count[c]] - running[cols_first[c]]
-                wide[r, c] = np.uint8(min((total * cols_weight[c] + half) >> 22, 255))
-        total = np.empty(w_out, np.int32)
-        for r in range(h_out):
-            total.fill(0)
-            for j in range(rows_first[r], rows_first[r] + rows_count[r]):
-                for c in range(w_out):
-                    total[c] += np.int32(wide[j, c])
-            for c in range(w_out):
-                out[p, r, c] = np.uint8(min((total[c] * rows_weight[r] + half) >> 22, 255))
+        total = np.empty(max(h, w_out), np.int32)
+        across = np.empty((w_out, h), np.uint8)
+        box_rows(np.ascontiguousarray(planes[p].T), cols_first, cols_count, cols_weight, across, total)
+        box_rows(np.ascontiguousarray(across.T), rows_first, rows_count, rows_weight, out[p], total)
+
 
 @njit(inline="always")
 def reflect(i, n):  # OpenCV's BORDER_REFLECT_101 for one step outside [0, n)
@@ -208,23 +210,27 @@ def edge_distance(edges, dist):
     h, w = edges.shape
     step, diagonal, knight = f32(1), f32(1.4), f32(2.1969)
     t = np.full((h + 4, w + 4), f32(1e6), np.float32)
-    for r in range(2, h + 2):
+    reach = np.empty(w + 4, np.float32)  # a row's best through the rows already swept
+    for r in range(2, h + 2):  # forward: the moves from above (vectorised), then along the row
         for c in range(2, w + 2):
-            if edges[r - 2, c - 2] == 2:
-                t[r, c] = 0
-                continue
             best = min(t[r - 2, c - 1], t[r - 2, c + 1], t[r - 1, c - 2], t[r - 1, c + 2]) + knight
-            best = min(best, min(t[r - 1, c - 1], t[r - 1, c + 1]) + diagonal)
-            t[r, c] = min(best, min(t[r - 1, c], t[r, c - 1]) + step)
-    for r in range(h + 1, 1, -1):
+            best = min(best, min(t[r - 1, c - 1], t[r - 1, c + 1]) + diagonal, t[r - 1, c] + step)
+            reach[c] = f32(0) if edges[r - 2, c - 2] == 2 else best
+        running = t[r, 1]
+        for c in range(2, w + 2):
+            running = min(reach[c], running + step)
+            t[r, c] = running
+    for r in range(h + 1, 1, -1):  # backward: from below, then along the row from the right
+        for c in range(2, w + 2):
+            best = min(t[r + 2, c + 1], t[r + 2, c - 1], t[r + 1, c + 2], t[r + 1, c - 2]) + knight
+            reach[c] = min(best, min(t[r + 1, c + 1], t[r + 1, c - 1]) + diagonal, t[r + 1, c] + step)
+        running = t[r, w + 2]
         for c in range(w + 1, 1, -1):
             best = t[r, c]
             if best > step:
-                best = min(best, min(t[r + 2, c + 1], t[r + 2, c - 1], t[r + 1, c + 2],
-                                     t[r + 1, c - 2]) + knight)
-                best = min(best, min(t[r + 1, c + 1], t[r + 1, c - 1]) + diagonal)
-                best = min(best, min(t[r + 1, c], t[r, c + 1]) + step)
+                best = min(best, reach[c], running + step)
                 t[r, c] = best
+            running = best
             dist[r - 2, c - 2] = min(best, f32(20))
 
 @njit(cache=True)
