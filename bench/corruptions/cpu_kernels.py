@@ -35,16 +35,11 @@ def enabled(device) -> bool:
 
 
 def _kernels():
-    """The compiled kernels, on as many threads as torch uses (`--threads`)."""
-    numba = _numba()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    return _compiled()
-
-
-@functools.cache
-def _compiled():
+    """The numba loops (`loops`), set to run on as many threads as torch uses (`--threads`)."""
     from . import loops
 
+    numba = _numba()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     return loops
 
 
@@ -59,7 +54,8 @@ def uniforms(low: np.ndarray, high: np.ndarray, stream_key: int, count: int, sca
              offset: float) -> np.ndarray:
     """(N, count) float32: float32(bits >> 8) * scale + offset, in float32 (`Streams.uniform`)."""
     out = np.empty((len(low), count), np.float32)
-    _kernels().uniforms(low, high, np.uint32(stream_key), np.float32(scale), np.float32(offset), out)
+    _kernels().uniforms(low, high, np.uint32(stream_key), np.float32(scale), np.float32(offset),
+                        out)
     return out
 
 
@@ -103,9 +99,8 @@ def impulse_noise(images: np.ndarray, low: np.ndarray, high: np.ndarray, stream_
 def box_resize(planes: np.ndarray, row_taps: tuple, col_taps: tuple, shape: tuple[int, int]
                ) -> np.ndarray:
     """(M, H, W) uint8 `planes` resized to `shape` by two box passes, along the rows, then the
-    columns: an output is min(255, (window sum * weight + 2**21) >> 22)
-    over its window `first[o]` to `first[o] + count[o]`; taps are the (first, count, weight)
-    int32 arrays of `engine._box_windows`."""
+    columns: an output is min(255, (window sum * weight + 2**21) >> 22) over its window `first[o]`
+    to `first[o] + count[o]`; taps are `engine._box_windows`' (first, count, weight) arrays."""
     out = np.empty((len(planes), *shape), np.uint8)
     _kernels().box_resize(planes, row_taps, col_taps, out)
     return out

@@ -592,8 +592,10 @@ def pixelate(images, factor, noise, table):
     if not cpu_kernels.enabled(images.device):
         return _box_resize(_box_resize(images, *small), h, w)
     planes = images.reshape(-1, h, w).contiguous().numpy()
-    down = cpu_kernels.box_resize(planes, _box_windows(h, small[0]), _box_windows(w, small[1]), small)
-    up = cpu_kernels.box_resize(down, _box_windows(small[0], h), _box_windows(small[1], w), (h, w))
+    windows = _box_windows(h, small[0]), _box_windows(w, small[1])
+    down = cpu_kernels.box_resize(planes, *windows, small)
+    windows = _box_windows(small[0], h), _box_windows(small[1], w)
+    up = cpu_kernels.box_resize(down, *windows, (h, w))
     return torch.from_numpy(up).view(images.shape)
 
 
@@ -776,10 +778,10 @@ def _one_thread(cv2):
 
 def _water_mask(liquid8: Tensor) -> Tensor:
     """The generator's water mask of (N, 1, H, W) 8-bit liquid layers: Canny edges, their distance
-    (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer. On a
-    CPU with OpenCV installed, the generator's own OpenCV calls, image by image (their sequential
-    passes are many small steps for torch); elsewhere the batched re-implementations, which equal
-    them."""
+    (truncated at 20), blurred, equalised, embossed and blurred again, times the liquid layer. Their
+    sequential passes are many small steps for torch, so on a CPU the chain runs image by image: as
+    the fused loop (numba), or as the generator's own OpenCV calls; elsewhere the batched
+    re-implementations. All three are equal."""
     if cpu_kernels.enabled(liquid8.device) and min(liquid8.shape[-2:]) >= 2:
         layers = liquid8[:, 0].to(torch.uint8).numpy()
         return liquid8 * torch.from_numpy(cpu_kernels.water_mask(layers))[:, None]
@@ -793,7 +795,8 @@ def _water_mask(liquid8: Tensor) -> Tensor:
     masks = []
     with _one_thread(cv2):
         for layer in liquid8[:, 0].to(torch.uint8).numpy():
-            dist = np.minimum(cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5), 20)
+            edges = cv2.Canny(layer, 50, 150)
+            dist = np.minimum(cv2.distanceTransform(255 - edges, cv2.DIST_L2, 5), 20)
             dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
             masks.append(cv2.blur(cv2.filter2D(dist, cv2.CV_8U, emboss), (3, 3)))
     return liquid8 * torch.from_numpy(np.stack(masks))[:, None]

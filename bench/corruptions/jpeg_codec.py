@@ -270,7 +270,7 @@ LIBJPEG_PIXELS = 96 * 96
 
 def fastest_round_trip(images: Tensor, quality: int) -> Tensor:
     """`round_trip` by the fastest of the three equal implementations for the images' device and
-    size: on a CPU the fused loop (5x the batched codec at 32 px, 1.5x Pillow at 224 px) or,
+    size: on a CPU the fused loop (3x the batched codec at 32 px, 1.5x Pillow at 224 px) or,
     without numba, Pillow for large images; the batched codec elsewhere."""
     if cpu_kernels.enabled(images.device):
         return fused_round_trip(images, quality)

@@ -23,52 +23,58 @@ def mix(x):  # lowbias32 (random_streams.mix)
     x = u32(x * u32(0x846CA68B))
     return u32(x ^ (x >> u32(16)))
 
+
 @njit(inline="always")
-def image_key(low, high, stream_key):
+def image_key(low, high, stream_key):  # random_streams.Streams.bits' per-image key
     return mix(u32(mix(u32(low ^ stream_key)) ^ high))
+
+
+@njit(inline="always")
+def hash_at(k, key):  # the k-th hash of an image's stream
+    return mix(u32(u32(k) * u32(0x9E3779B9) + key))
+
+
+@njit(inline="always")
+def box_muller(key, radius, cosine, sine, z):
+    """Fill (2 * pairs,) `z` with `Streams.normal`'s values: cosine terms, then sine terms."""
+    pairs = z.shape[0] // 2
+    for k in range(pairs):
+        bits = hash_at(k, key)
+        r = radius[bits >> u32(16)]
+        angle = bits & u32(0xFFFF)
+        z[k] = r * cosine[angle]
+        z[pairs + k] = r * sine[angle]
+
 
 @njit(parallel=True, cache=True)
 def hash_bits(low, high, stream_key, out):
-    golden = u32(0x9E3779B9)
     for i in prange(out.shape[0]):
         key, row = image_key(low[i], high[i], stream_key), out[i]
         for k in range(row.shape[0]):
-            row[k] = mix(u32(u32(k) * golden + key))
+            row[k] = hash_at(k, key)
+
 
 @njit(parallel=True, cache=True)
 def uniforms(low, high, stream_key, scale, offset, out):
-    golden = u32(0x9E3779B9)
     for i in prange(out.shape[0]):
         key, row = image_key(low[i], high[i], stream_key), out[i]
         for k in range(row.shape[0]):
-            row[k] = f32(f32(mix(u32(u32(k) * golden + key)) >> u32(8)) * scale) + offset
+            row[k] = f32(f32(hash_at(k, key) >> u32(8)) * scale) + offset
+
 
 @njit(parallel=True, cache=True)
 def normals(low, high, stream_key, radius, cosine, sine, out):
-    golden, half = u32(0x9E3779B9), out.shape[1] // 2
     for i in prange(out.shape[0]):
-        key, row = image_key(low[i], high[i], stream_key), out[i]
-        for k in range(half):
-            bits = mix(u32(u32(k) * golden + key))
-            r = radius[bits >> u32(16)]
-            angle = bits & u32(0xFFFF)
-            row[k] = r * cosine[angle]
-            row[half + k] = r * sine[angle]
+        box_muller(image_key(low[i], high[i], stream_key), radius, cosine, sine, out[i])
+
 
 @njit(parallel=True, cache=True)
 def normal_noise(images, low, high, stream_key, radius, cosine, sine, gain, multiply, out):
-    golden = u32(0x9E3779B9)
     count = images.shape[1]
-    pairs = (count + 1) // 2
     for i in prange(images.shape[0]):
-        key, x, row = image_key(low[i], high[i], stream_key), images[i], out[i]
-        z = np.empty(2 * pairs, np.float32)  # normals' values of the image
-        for k in range(pairs):
-            bits = mix(u32(u32(k) * golden + key))
-            r = radius[bits >> u32(16)]
-            angle = bits & u32(0xFFFF)
-            z[k] = r * cosine[angle]
-            z[pairs + k] = r * sine[angle]
+        x, row = images[i], out[i]
+        z = np.empty(2 * ((count + 1) // 2), np.float32)  # normals' values of the image
+        box_muller(image_key(low[i], high[i], stream_key), radius, cosine, sine, z)
         if multiply:  # engine.speckle_noise
             for k in range(count):
                 v = f32(f32(z[k] * gain) + f32(1)) * f32(x[k])
@@ -78,29 +84,30 @@ def normal_noise(images, low, high, stream_key, radius, cosine, sine, gain, mult
                 v = f32(z[k] * gain) + f32(x[k])
                 row[k] = np.uint8(min(max(v, f32(0)), f32(255)))
 
+
 @njit(parallel=True, cache=True)
 def shot_noise(images, low, high, stream_key, levels, out):
-    golden = u32(0x9E3779B9)
     count = images.shape[1]
     half = (count + 1) // 2
     for i in prange(images.shape[0]):
         key, x, row = image_key(low[i], high[i], stream_key), images[i], out[i]
         for k in range(half):
-            bits = mix(u32(u32(k) * golden + key))
+            bits = hash_at(k, key)
             row[k] = levels[np.intp(x[k]) * 4096 + np.intp(bits >> u32(20))]
             if half + k < count:
                 field = np.intp((bits >> u32(4)) & u32(0xFFF))
                 row[half + k] = levels[np.intp(x[half + k]) * 4096 + field]
 
+
 @njit(parallel=True, cache=True)
 def impulse_noise(images, low, high, stream_key, bound, out):
-    golden = u32(0x9E3779B9)
     for i in prange(images.shape[0]):
         key, x, row = image_key(low[i], high[i], stream_key), images[i], out[i]
         for k in range(row.shape[0]):
-            bits = mix(u32(u32(k) * golden + key))
+            bits = hash_at(k, key)
             salt = np.uint8((bits & u32(1)) * u32(255))
             row[k] = salt if bits < bound else x[k]
+
 
 @njit(inline="always")
 def box_rows(x, first, count, weight, out, total):
@@ -121,18 +128,21 @@ def box_rows(x, first, count, weight, out, total):
 def box_resize(planes, row_taps, col_taps, out):
     """(M, H, W) uint8 planes resized into (M, H', W') `out`: Pillow's pass along the rows, then
     along the columns, each as sums of whole (transposed) rows."""
-    (rows_first, rows_count, rows_weight), (cols_first, cols_count, cols_weight) = row_taps, col_taps
+    rows_first, rows_count, rows_weight = row_taps
+    cols_first, cols_count, cols_weight = col_taps
     h, w_out = planes.shape[1], out.shape[2]
     for p in prange(planes.shape[0]):
         total = np.empty(max(h, w_out), np.int32)
         across = np.empty((w_out, h), np.uint8)
-        box_rows(np.ascontiguousarray(planes[p].T), cols_first, cols_count, cols_weight, across, total)
+        rows = np.ascontiguousarray(planes[p].T)
+        box_rows(rows, cols_first, cols_count, cols_weight, across, total)
         box_rows(np.ascontiguousarray(across.T), rows_first, rows_count, rows_weight, out[p], total)
 
 
 @njit(inline="always")
 def reflect(i, n):  # OpenCV's BORDER_REFLECT_101 for one step outside [0, n)
     return 1 if i < 0 else (n - 2 if i >= n else i)
+
 
 @njit(inline="always")
 def pad101(x, dtype):  # x with one more pixel on every side, reflect-101
@@ -142,6 +152,7 @@ def pad101(x, dtype):  # x with one more pixel on every side, reflect-101
         for c in range(-1, w + 1):
             out[r + 1, c + 1] = x[reflect(r, h), reflect(c, w)]
     return out
+
 
 @njit(cache=True)
 def canny(x, low, high, edges):
@@ -202,6 +213,7 @@ def canny(x, low, high, edges):
         for c in range(w):
             edges[r, c] = state[r + 1, c + 1]
 
+
 @njit(cache=True)
 def edge_distance(edges, dist):
     """cv2.distanceTransform(255 - edges, DIST_L2, 5) of the edges marked 2, truncated at 20:
@@ -223,7 +235,8 @@ def edge_distance(edges, dist):
     for r in range(h + 1, 1, -1):  # backward: from below, then along the row from the right
         for c in range(2, w + 2):
             best = min(t[r + 2, c + 1], t[r + 2, c - 1], t[r + 1, c + 2], t[r + 1, c - 2]) + knight
-            reach[c] = min(best, min(t[r + 1, c + 1], t[r + 1, c - 1]) + diagonal, t[r + 1, c] + step)
+            best = min(best, min(t[r + 1, c + 1], t[r + 1, c - 1]) + diagonal)
+            reach[c] = min(best, t[r + 1, c] + step)
         running = t[r, w + 2]
         for c in range(w + 1, 1, -1):
             best = t[r, c]
@@ -232,6 +245,7 @@ def edge_distance(edges, dist):
                 t[r, c] = best
             running = best
             dist[r - 2, c - 2] = min(best, f32(20))
+
 
 @njit(cache=True)
 def water_mask_of(layer, out):
@@ -281,11 +295,11 @@ def water_mask_of(layer, out):
             out[r, c] = np.uint8((2 * total + 9) // 18)
 
 
-
 @njit(parallel=True, cache=True)
 def water_mask(layers, out):
     for i in prange(layers.shape[0]):
         water_mask_of(layers[i], out[i])
+
 
 # ---------------------------------------------------------------- JPEG (jpeg_codec.round_trip)
 
@@ -309,6 +323,7 @@ r_cr, g_cb, g_cr, b_cb = _fix(1.402), -_fix(0.34414), -_fix(0.71414), _fix(1.772
 r_off, g_off, b_off = ((1 << 15) - 128 * r_cr, (1 << 15) - 128 * (g_cb + g_cr),
                        (1 << 15) - 128 * b_cb)
 
+
 @njit(cache=True)
 def odd_part(t4, t5, t6, t7):
     z5 = (t4 + t5 + t6 + t7) * c1175
@@ -316,6 +331,7 @@ def odd_part(t4, t5, t6, t7):
     z3, z4 = (t4 + t6) * -c1961 + z5, (t5 + t7) * -c0390 + z5
     return (t4 * c0298 + z1 + z3, t5 * c2053 + z2 + z4, t6 * c3072 + z2 + z3,
             t7 * c1501 + z1 + z4)
+
 
 @njit(cache=True)
 def forward(v, bits):  # jfdctint.c on v[0:8] in place, descaled by `bits`
@@ -334,6 +350,7 @@ def forward(v, bits):  # jfdctint.c on v[0:8] in place, descaled by `bits`
     v[6] = (z1 - t12 * c1847 + half) >> bits
     v[7] = (o7 + half) >> bits
 
+
 @njit(cache=True)
 def inverse(v, bits):  # jidctint.c on v[0:8] in place, descaled by `bits`
     z1 = (v[2] + v[6]) * c0541
@@ -346,6 +363,7 @@ def inverse(v, bits):  # jidctint.c on v[0:8] in place, descaled by `bits`
     v[1], v[6] = (t11 + o2 + half) >> bits, (t11 - o2 + half) >> bits
     v[2], v[5] = (t12 + o1 + half) >> bits, (t12 - o1 + half) >> bits
     v[3], v[4] = (t13 + o0 + half) >> bits, (t13 - o0 + half) >> bits
+
 
 @njit(cache=True)
 def lossy(plane, table, block, line):  # jpeg_codec._lossy on every 8x8 block of `plane`
@@ -371,6 +389,7 @@ def lossy(plane, table, block, line):  # jpeg_codec._lossy on every 8x8 block of
                 for c in range(8):
                     plane[top + r, left + c] = min(max(block[r, c] + 128, 0), 255)
 
+
 @njit(cache=True)
 def jpeg_round_trip_of(x, luma, chroma, out):
     """`jpeg_codec.round_trip` of one (3, H, W) uint8 image into `out`."""
@@ -384,7 +403,8 @@ def jpeg_round_trip_of(x, luma, chroma, out):
     for r in range(rows):  # extended by repeating the last row and column; jccolor.c
         for c in range(cols):
             rr, cc = min(r, h - 1), min(c, w - 1)
-            red, green, blue = np.int64(x[0, rr, cc]), np.int64(x[1, rr, cc]), np.int64(x[2, rr, cc])
+            red, green = np.int64(x[0, rr, cc]), np.int64(x[1, rr, cc])
+            blue = np.int64(x[2, rr, cc])
             if r < bh and c < bw:
                 y[r, c] = (y_r * red + y_g * green + y_b * blue + 32768) >> 16
             full_cb[r, c] = (cb_r * red + cb_g * green + cb_b * blue + chroma_offset) >> 16
